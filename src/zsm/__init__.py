@@ -1,0 +1,30 @@
+"""zsm: one-stage space-time video super-resolution (Zooming Slow-Mo, CVPR 2020).
+
+Public API::
+
+    import zsm
+    model = zsm.load_model("zsm-compact")        # or a .safetensors path
+    hr = model(lr)                                # (B, n, 3, H, W) -> (B, 2n-1, 3, 4H, 4W)
+"""
+
+from zsm.errors import InputError, OutputError, WeightsError, ZSMError
+from zsm.models import PRESETS, ZoomingSlowMo, ZSMConfig
+from zsm.models.registry import load_model, registered_weights
+from zsm.models.weights import read_official_checkpoint, save_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "InputError",
+    "OutputError",
+    "WeightsError",
+    "ZSMConfig",
+    "ZSMError",
+    "ZoomingSlowMo",
+    "__version__",
+    "load_model",
+    "read_official_checkpoint",
+    "registered_weights",
+    "save_weights",
+]

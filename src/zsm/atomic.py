@@ -1,0 +1,51 @@
+"""Atomic file output: write to a temporary name beside the target, rename on success."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from zsm.errors import OutputError
+
+
+def describe_os_error(exc: OSError, path: Path | str) -> str:
+    """One line naming the path and the cause of an OS error."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device while writing {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: permission denied"
+    if exc.errno == errno.ENOENT:
+        return f"cannot write {path}: folder {Path(path).parent} does not exist"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it to ``target`` if the block succeeds.
+
+    On any exception (Ctrl-C included) the temporary file is removed and
+    nothing appears under ``target``. OS errors become :class:`OutputError`.
+    ``suffix`` defaults to the target's (encoders pick the format from it).
+    """
+    target = Path(target)
+    suffix = target.suffix if suffix is None else suffix
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=f".part{suffix}", dir=target.parent or "."
+        )
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, target)) from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, target)) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -1,0 +1,63 @@
+"""The ``zsm`` command. Each subcommand lives in its own module with
+``register(subparsers)``; handlers parse, call the public API, and return an
+exit code. Errors a user can cause (:class:`zsm.ZSMError`) print one line and
+exit 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from zsm import __version__
+
+# Subcommand modules, in the order `zsm --help` lists them.
+SUBCOMMANDS = ("demo", "upscale", "evaluate", "train", "benchmark", "convert_weights", "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zsm",
+        description="One-stage space-time video super-resolution (Zooming Slow-Mo): "
+        "4x larger, 2x higher frame rate.",
+    )
+    parser.add_argument("--version", action="version", version=f"zsm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"zsm.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"zsm.cli.{name}":
+                continue  # subcommand not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from zsm.errors import ZSMError
+
+    try:
+        return int(args.func(args) or 0)
+    except ZSMError as exc:
+        if args.debug:
+            raise
+        print(f"zsm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("zsm: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Model sizes (:class:`ZSMConfig`) and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ZSMConfig:
+    """Sizes of a :class:`~zsm.models.zsm.ZoomingSlowMo` network.
+
+    Attributes:
+        nf: feature channels in LR space.
+        groups: offset groups of every deformable conv (``nf % groups == 0``).
+        front_RBs: residual blocks of the feature extractor (k1 in the paper).
+        back_RBs: residual blocks of the reconstructor (k2 in the paper).
+        hr_nf: channels after the second PixelShuffle (64 in the paper).
+        global_skip: our extension, not in the paper: add the bicubic x4
+            upsampling of the input frames (of the mean of the two neighbours
+            for interpolated frames) to the output, so the network predicts a
+            residual and an untrained model starts at the classical baseline.
+    """
+
+    nf: int = 64
+    groups: int = 8
+    front_RBs: int = 5
+    back_RBs: int = 40
+    hr_nf: int = 64
+    global_skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("nf", "groups", "hr_nf"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("front_RBs", "back_RBs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.nf % self.groups:
+            raise ValueError(f"nf ({self.nf}) must be divisible by groups ({self.groups})")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ZSMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ZSMConfig:
+        return cls.from_dict(json.loads(text))
+
+
+PRESETS: dict[str, ZSMConfig] = {
+    # The paper's network: 11,102,771 parameters, official checkpoints load into it.
+    "official": ZSMConfig(nf=64, groups=8, front_RBs=5, back_RBs=40, hr_nf=64),
+    # Sized for training on a 2-core CPU (see MODEL_CARD.md): fewer offset
+    # groups and a thinner HR tail, which dominate the cost at small nf.
+    "compact": ZSMConfig(nf=32, groups=4, front_RBs=2, back_RBs=6, hr_nf=32, global_skip=True),
+}
+
+
+def preset(name: str) -> ZSMConfig:
+    """The config of a named preset (``official``, ``compact``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

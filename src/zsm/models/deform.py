@@ -1,0 +1,172 @@
+"""Modulated deformable convolution (DCNv2) behind one interface.
+
+``modulated_deform_conv2d`` is the single entry point; the arithmetic is
+done by a *backend*:
+
+* ``"torchvision"``: :func:`torchvision.ops.deform_conv2d` (CPU and CUDA);
+* further backends register themselves with :func:`register_backend`
+  (the fast CPU path lives in :mod:`zsm.models.deform_cpu`).
+
+``"auto"`` (the default) picks the fastest registered backend that supports
+the tensor's device. Set ``ZSM_DCN_BACKEND`` or call :func:`set_backend` to
+force one, e.g. to compare them.
+
+Offsets use torchvision's layout: ``(B, 2 * G * k * k, H, W)`` holding, for
+each offset group G and kernel point, a (dy, dx) pair; the mask is
+``(B, G * k * k, H, W)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import deform_conv2d as _tv_deform_conv2d
+
+DeformFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int],
+    torch.Tensor,
+]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A DCN implementation: ``fn(x, offset, mask, weight, bias, padding)``."""
+
+    name: str
+    fn: DeformFn
+    devices: frozenset[str]
+    priority: int  # higher wins under "auto"
+
+
+_BACKENDS: dict[str, Backend] = {}
+_forced: str | None = None
+
+
+def register_backend(name: str, fn: DeformFn, *, devices: tuple[str, ...], priority: int) -> None:
+    """Make ``fn`` available as backend ``name`` for the given device types."""
+    if name in _BACKENDS:
+        raise ValueError(f"deformable-conv backend {name!r} is already registered")
+    _BACKENDS[name] = Backend(name, fn, frozenset(devices), priority)
+
+
+def available_backends() -> list[str]:
+    """Names of the registered backends, fastest first."""
+    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+
+
+def set_backend(name: str | None) -> None:
+    """Force a backend by name (``None`` or ``"auto"`` restores automatic choice)."""
+    global _forced
+    if name in (None, "auto"):
+        _forced = None
+        return
+    if name not in _BACKENDS:
+        raise ValueError(
+            f"unknown deformable-conv backend {name!r}; available: {available_backends()}"
+        )
+    _forced = name
+
+
+def select_backend(device: torch.device) -> Backend:
+    """The backend used for tensors on ``device`` under the current setting."""
+    name = _forced or os.environ.get("ZSM_DCN_BACKEND") or "auto"
+    if name != "auto":
+        if name not in _BACKENDS:
+            raise ValueError(
+                f"unknown deformable-conv backend {name!r} (from ZSM_DCN_BACKEND); "
+                f"available: {available_backends()}"
+            )
+        return _BACKENDS[name]
+    for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
+        if device.type in backend.devices:
+            return backend
+    return _BACKENDS["torchvision"]
+
+
+def modulated_deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    padding: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Modulated deformable conv, stride 1, dilation 1.
+
+    Shapes: ``x`` (B, Cin, H, W); ``offset`` (B, 2*G*k*k, H, W); ``mask``
+    (B, G*k*k, H, W); ``weight`` (Cout, Cin, k, k); returns (B, Cout, H, W).
+    """
+    impl = _BACKENDS[backend] if backend else select_backend(x.device)
+    return impl.fn(x, offset, mask, weight, bias, padding)
+
+
+def _torchvision(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int,
+) -> torch.Tensor:
+    return _tv_deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)
+
+
+register_backend("torchvision", _torchvision, devices=("cpu", "cuda"), priority=0)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """DCNv2 "pack": a deformable conv whose offsets and mask come from a separate feature.
+
+    ``forward(x, feat)`` computes ``offset_mask(feat)`` (3 * G * k * k
+    channels), splits it into equal chunks ``o1, o2, m``, uses
+    ``cat(o1, o2)`` as offsets and ``sigmoid(m)`` as the mask, and samples
+    ``x`` with them. ``offset_mask`` starts at zero, so an untrained layer
+    samples the regular grid with mask 0.5 (as in the official release).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 3,
+        offset_groups: int = 8,
+        offset_in_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels % offset_groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
+            )
+        self.padding = kernel_size // 2
+        self.offset_groups = offset_groups
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.offset_mask = nn.Conv2d(
+            offset_in_channels or in_channels,
+            3 * offset_groups * kernel_size * kernel_size,
+            kernel_size,
+            padding=self.padding,
+        )
+        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    def offsets_and_mask(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offsets (B, 2*G*k*k, H, W) and mask (B, G*k*k, H, W) predicted from ``feat``."""
+        o1, o2, m = torch.chunk(self.offset_mask(feat), 3, dim=1)
+        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+
+    def forward(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        offset, mask = self.offsets_and_mask(feat)
+        return modulated_deform_conv2d(
+            x, offset, mask, self.weight, self.bias, padding=self.padding
+        )

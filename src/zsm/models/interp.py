@@ -1,0 +1,99 @@
+"""Frame feature temporal interpolation (the paper's Sec. 3.1).
+
+The feature of a missing frame between frames ``a`` and ``b`` is
+``blend([align_a(a <- b), align_b(b <- a)])``: each side is sampled by a
+coarse-to-fine pyramid of modulated deformable convs whose offsets are
+learned from *both* frames; no LR frame is ever synthesised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zsm.models.blocks import conv3x3, lrelu
+from zsm.models.deform import ModulatedDeformConv2d
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 resize (align_corners=False), as between pyramid levels."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class AlignLevel(nn.Module):
+    """One pyramid level of the deformable alignment.
+
+    Offsets: ``lrelu(offset_in([p, q]))``, merged with the coarser level's
+    offset features (``2 * up2``, since displacements double) by
+    ``offset_merge``, then ``lrelu(offset_out(.))``. The sampled feature is
+    fused with the coarser level's aligned feature by ``fuse``.
+    """
+
+    def __init__(self, *, nf: int, groups: int, coarsest: bool) -> None:
+        super().__init__()
+        self.coarsest = coarsest
+        self.offset_in = conv3x3(2 * nf, nf)
+        if not coarsest:
+            self.offset_merge = conv3x3(2 * nf, nf)
+        self.offset_out = conv3x3(nf, nf)
+        self.dcn = ModulatedDeformConv2d(nf, nf, offset_groups=groups)
+        if not coarsest:
+            self.fuse = conv3x3(2 * nf, nf)
+
+    def forward(
+        self,
+        p: torch.Tensor,
+        q: torch.Tensor,
+        coarser: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Align ``p`` using offsets from ``[p, q]``; returns (offset feature, aligned)."""
+        off = lrelu(self.offset_in(torch.cat((p, q), dim=1)))
+        if coarser is None:
+            off = lrelu(self.offset_out(off))
+            return off, self.dcn(p, off)
+        coarse_off, coarse_fea = coarser
+        off = lrelu(self.offset_merge(torch.cat((off, 2 * up2(coarse_off)), dim=1)))
+        off = lrelu(self.offset_out(off))
+        fea = self.fuse(torch.cat((self.dcn(p, off), up2(coarse_fea)), dim=1))
+        return off, fea
+
+
+class PyramidAlign(nn.Module):
+    """Aligns the pyramid of ``p`` guided by ``q``, coarse (L3) to fine (L1).
+
+    The L3 and L2 outputs pass through LeakyReLU; the L1 output does not (it
+    is the aligned feature handed on).
+    """
+
+    def __init__(self, *, nf: int = 64, groups: int = 8) -> None:
+        super().__init__()
+        self.l3 = AlignLevel(nf=nf, groups=groups, coarsest=True)
+        self.l2 = AlignLevel(nf=nf, groups=groups, coarsest=False)
+        self.l1 = AlignLevel(nf=nf, groups=groups, coarsest=False)
+
+    def forward(self, p: list[torch.Tensor], q: list[torch.Tensor]) -> torch.Tensor:
+        off3, fea3 = self.l3(p[2], q[2], None)
+        fea3 = lrelu(fea3)
+        off2, fea2 = self.l2(p[1], q[1], (off3, fea3))
+        fea2 = lrelu(fea2)
+        _, fea1 = self.l1(p[0], q[0], (off2, fea2))
+        return fea1
+
+
+class FeatureInterpolation(nn.Module):
+    """``blend([T1(a; a, b), T3(b; b, a)])``: the feature between ``a`` and ``b``.
+
+    Both samplings share the design but not the weights (``align_a`` and
+    ``align_b``); ``blend`` is a learned 1x1 conv.
+    """
+
+    def __init__(self, *, nf: int = 64, groups: int = 8) -> None:
+        super().__init__()
+        self.align_a = PyramidAlign(nf=nf, groups=groups)
+        self.align_b = PyramidAlign(nf=nf, groups=groups)
+        self.blend = nn.Conv2d(2 * nf, nf, 1)
+
+    def forward(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        """``a`` and ``b`` are pyramids ``[L1, L2, L3]``; returns (B, nf, H, W)."""
+        return self.blend(torch.cat((self.align_a(a, b), self.align_b(b, a)), dim=1))

@@ -1,0 +1,90 @@
+"""Registry of bundled weights: a name -> file, preset, recipe and measured scores.
+
+``load_model("zsm-compact")`` needs nothing but this table and the file
+shipped in ``zsm/weights/``; any other argument is taken as a path to one of
+our safetensors files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsm.errors import WeightsError
+from zsm.models.weights import model_from_file
+from zsm.models.zsm import ZoomingSlowMo
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A bundled weights file and what is known about it."""
+
+    name: str
+    filename: str
+    preset: str
+    description: str
+    recipe: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(str(resources.files("zsm") / "weights" / self.filename))
+
+
+_REGISTRY: dict[str, WeightsEntry] = {}
+
+DEFAULT_WEIGHTS = "zsm-compact"
+
+
+def register_weights(entry: WeightsEntry) -> None:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"weights name {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+
+
+def registered_weights() -> dict[str, WeightsEntry]:
+    """Every registered weights name and its entry."""
+    return dict(_REGISTRY)
+
+
+def resolve_weights(name_or_path: str | Path) -> Path:
+    """The safetensors file for a registered name or an explicit path."""
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        path = _REGISTRY[key].path
+        if not path.is_file():
+            raise WeightsError(
+                f"bundled weights {key!r} are missing from the installation ({path})"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.suffix or path.parent != Path("."):
+        raise WeightsError(f"weights file not found: {path}")
+    raise WeightsError(
+        f"unknown weights {key!r}: not a registered name ({', '.join(sorted(_REGISTRY)) or 'none'})"
+        " and no such file"
+    )
+
+
+def load_model(
+    name_or_path: str | Path = DEFAULT_WEIGHTS, *, device: str | torch.device = "cpu"
+) -> ZoomingSlowMo:
+    """A registered weights name or a safetensors file -> the model, eval mode, on ``device``."""
+    return model_from_file(resolve_weights(name_or_path)).to(device).eval()
+
+
+register_weights(
+    WeightsEntry(
+        name="zsm-compact",
+        filename="zsm-compact.safetensors",
+        preset="compact",
+        description="Compact Zooming Slow-Mo trained on a 2-core CPU (see MODEL_CARD.md)",
+        recipe="configs/compact-cpu.toml",
+    )
+)

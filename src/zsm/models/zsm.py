@@ -1,0 +1,106 @@
+"""Zooming Slow-Mo (Xiang et al., CVPR 2020): one-stage space-time video super-resolution."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from zsm.models.config import ZSMConfig, preset
+from zsm.models.convlstm import BiDeformableConvLSTM
+from zsm.models.extract import FeatureExtractor
+from zsm.models.interp import FeatureInterpolation
+from zsm.models.reconstruct import Reconstructor
+
+SCALE = 4  # spatial factor (two x2 PixelShuffles)
+MULTIPLE = 4  # H, W must be multiples of this inside (two stride-2 pyramid levels)
+
+
+class ZoomingSlowMo(nn.Module):
+    """n LR frames (B, n, 3, H, W) in [0, 1] -> 2n-1 HR frames (B, 2n-1, 3, 4H, 4W).
+
+    Output frame 2k is input frame k at 4x the size; output frame 2k+1 is the
+    frame halfway between inputs k and k+1, interpolated in feature space.
+    Any H, W >= 1 work: they are replicate-padded to multiples of 4 inside and
+    the output is cropped back. The output is not clamped.
+    """
+
+    def __init__(self, config: ZSMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or ZSMConfig()
+        self.extract = FeatureExtractor(nf=config.nf, front_RBs=config.front_RBs)
+        self.interpolate = FeatureInterpolation(nf=config.nf, groups=config.groups)
+        self.aggregate = BiDeformableConvLSTM(nf=config.nf, groups=config.groups)
+        self.reconstruct = Reconstructor(nf=config.nf, back_RBs=config.back_RBs, hr_nf=config.hr_nf)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> ZoomingSlowMo:
+        """Build a randomly initialised network from a named preset (``official``, ``compact``)."""
+        base = preset(name)
+        return cls(ZSMConfig(**{**base.__dict__, **overrides}))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, n, _, h, w = _check_input(frames)
+        x = _pad_to_multiple(frames, MULTIPLE)
+        feats = self.interpolated_features(x)  # (B, 2n-1, nf, H', W')
+        feats = self.aggregate(feats)
+        out = self.reconstruct(feats.flatten(0, 1)).unflatten(0, (b, 2 * n - 1))
+        if self.config.global_skip:
+            out = out + bicubic_skip(x)
+        return out[..., : SCALE * h, : SCALE * w]
+
+    def interpolated_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame features with interpolated ones in between: (B, n, 3, H, W) -> (B, 2n-1, nf, H, W)."""
+        b, n = x.shape[:2]
+        pyr = self.extract(x.flatten(0, 1))  # levels of (B*n, nf, h, w)
+        pyr = [level.unflatten(0, (b, n)) for level in pyr]
+        # Every neighbouring pair (k, k+1) at once, pairs stacked on the batch axis.
+        first = [level[:, :-1].flatten(0, 1) for level in pyr]
+        second = [level[:, 1:].flatten(0, 1) for level in pyr]
+        mid = self.interpolate(first, second).unflatten(0, (b, n - 1))
+        return _interleave(pyr[0], mid)
+
+
+def _check_input(frames: torch.Tensor) -> tuple[int, int, int, int, int]:
+    if frames.dim() != 5 or frames.shape[2] != 3:
+        raise ValueError(f"expected frames of shape (B, n, 3, H, W), got {tuple(frames.shape)}")
+    b, n, c, h, w = frames.shape
+    if n < 2:
+        raise ValueError(f"expected n >= 2 input frames, got {n}")
+    if h < 1 or w < 1:
+        raise ValueError(f"expected frames of at least 1x1 pixels, got {h}x{w}")
+    return b, n, c, h, w
+
+
+def _pad_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad H and W of (B, n, C, H, W) up to multiples of ``multiple``."""
+    h, w = frames.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return frames
+    b, n = frames.shape[:2]
+    flat = frames.flatten(0, 1)
+    # Replicate padding needs a size >= 1 on each side; it is, since H, W >= 1.
+    flat = F.pad(flat, (0, pw, 0, ph), mode="replicate")
+    return flat.unflatten(0, (b, n))
+
+
+def _interleave(keys: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
+    """[k0, m0, k1, m1, ..., k_{n-1}] from keys (B, n, ...) and mids (B, n-1, ...)."""
+    b, n = keys.shape[:2]
+    pairs = torch.stack((keys[:, :-1], mids), dim=2).flatten(1, 2)  # (B, 2n-2, ...)
+    return torch.cat((pairs, keys[:, -1:]), dim=1)
+
+
+def bicubic_skip(frames: torch.Tensor) -> torch.Tensor:
+    """Bicubic x4 of each input frame, interleaved with the mean of each neighbouring pair.
+
+    (B, n, 3, H, W) -> (B, 2n-1, 3, 4H, 4W); the classical baseline that
+    ``global_skip`` adds to the network's output.
+    """
+    b, n = frames.shape[:2]
+    up = F.interpolate(
+        frames.flatten(0, 1), scale_factor=SCALE, mode="bicubic", align_corners=False
+    )
+    up = up.unflatten(0, (b, n))
+    return _interleave(up, 0.5 * (up[:, :-1] + up[:, 1:]))
