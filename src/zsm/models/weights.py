@@ -79,7 +79,7 @@ def read_weights(path: Path | str) -> tuple[ZSMConfig, dict[str, torch.Tensor], 
     if CONFIG_KEY not in metadata:
         raise WeightsError(
             f"weights {path} carry no model config (metadata '{CONFIG_KEY}'); "
-            "official checkpoints must be converted first: zsm convert-weights IN.pth OUT.safetensors"
+            "convert official checkpoints first: zsm convert-weights IN.pth OUT.safetensors"
         )
     try:
         config = ZSMConfig.from_json(metadata[CONFIG_KEY])

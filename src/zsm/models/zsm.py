@@ -50,7 +50,7 @@ class ZoomingSlowMo(nn.Module):
         return out[..., : SCALE * h, : SCALE * w]
 
     def interpolated_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Frame features with interpolated ones in between: (B, n, 3, H, W) -> (B, 2n-1, nf, H, W)."""
+        """Key and interpolated features: (B, n, 3, H, W) -> (B, 2n-1, nf, H, W)."""
         b, n = x.shape[:2]
         pyr = self.extract(x.flatten(0, 1))  # levels of (B*n, nf, h, w)
         pyr = [level.unflatten(0, (b, n)) for level in pyr]
@@ -87,7 +87,6 @@ def _pad_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def _interleave(keys: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
     """[k0, m0, k1, m1, ..., k_{n-1}] from keys (B, n, ...) and mids (B, n-1, ...)."""
-    b, n = keys.shape[:2]
     pairs = torch.stack((keys[:, :-1], mids), dim=2).flatten(1, 2)  # (B, 2n-2, ...)
     return torch.cat((pairs, keys[:, -1:]), dim=1)
 
