@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -206,13 +207,29 @@ def read_official_checkpoint(path: Path | str) -> ZoomingSlowMo:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsError(f"cannot read {path}: not a valid safetensors file ({exc})") from exc
         return model_from_official_state(state, str(path))
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in legacy format, a pickle (0x80 proto).
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise WeightsError(f"cannot read checkpoint {path}: not a PyTorch checkpoint")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; we refuse anyway
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise WeightsError(
-            f"refused to load {path}: it contains objects other than tensors ({first})"
+            f"refused to load {path}: it holds objects other than tensors "
+            f"({_unpickler_reason(exc)}); nothing in it was run"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
     return model_from_official_state(obj, str(path))
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The one informative line of torch's long weights-only refusal message."""
+    text = str(exc)
+    m = re.search(r"(unsupported GLOBAL \S+)", text) or re.search(
+        r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|Check the documentation|$)", text, re.S
+    )
+    return " ".join(m.group(1).split()) if m else "unsupported pickle content"
