@@ -1,0 +1,249 @@
+"""`zsm evaluate`: clips found, every frame scored, report files written and well-formed."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zsm
+from zsm.baselines import BASELINES
+from zsm.cli import main
+from zsm.data.degrade import make_lr_clip
+from zsm.eval_data import find_clips
+from zsm.evaluate import (
+    INTERPOLATED,
+    MODEL_METHOD,
+    RECONSTRUCTED,
+    EvalOptions,
+    evaluate,
+    prepare_clip,
+    run_model_on_clip,
+)
+from zsm.metrics import psnr_y, ssim_y
+from zsm.report import write_report
+
+T, H, W = 5, 48, 64
+
+
+def moving_clip(t: int = T, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
+    """uint8 (t, h, w, 3): a smooth random texture drifting right 2 px per frame."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((h // 8 + 2, (w + 2 * t) // 8 + 2, 3))
+    big = np.asarray(
+        Image.fromarray((base * 255).astype(np.uint8)).resize(
+            (base.shape[1] * 8, base.shape[0] * 8), Image.Resampling.BICUBIC
+        )
+    )
+    return np.stack([big[:h, 2 * (t - i) : 2 * (t - i) + w] for i in range(t)])
+
+
+def write_frames(folder: Path, frames: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame{i}.png")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convolutions on a busy 2-core machine run far faster on one thread than on two.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> zsm.ZoomingSlowMo:
+    torch.manual_seed(0)
+    config = zsm.ZSMConfig(nf=8, groups=2, front_RBs=1, back_RBs=1, hr_nf=8, global_skip=True)
+    return zsm.ZoomingSlowMo(config).eval()
+
+
+@pytest.fixture
+def vid4_like(tmp_path: Path) -> Path:
+    root = tmp_path / "vid4"
+    write_frames(root / "calendar", moving_clip(seed=1))
+    write_frames(root / "city", moving_clip(seed=2))
+    return root
+
+
+def test_clips_are_found_in_every_layout(tmp_path: Path, vid4_like: Path) -> None:
+    assert [c.name for c in find_clips(vid4_like)] == ["calendar", "city"]
+    (clip,) = find_clips(vid4_like / "city")
+    assert clip.load(None).shape == (T, H, W, 3)
+    assert clip.load(3).shape == (3, H, W, 3)
+
+    seq = tmp_path / "vimeo" / "sequences" / "00001" / "0001"
+    write_frames(seq, moving_clip(7))
+    for i in range(7):
+        (seq / f"frame{i}.png").rename(seq / f"im{i + 1}.png")
+    (tmp_path / "vimeo" / "sep_testlist.txt").write_text("00001/0001\n")
+    (clip,) = find_clips(tmp_path / "vimeo" / "sep_testlist.txt")
+    assert clip.name == "00001/0001" and clip.load(None).shape == (7, H, W, 3)
+
+    video = tmp_path / "clip.mkv"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "bgr0"  # lossless RGB
+        for frame in moving_clip(6):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    (clip,) = find_clips(video)
+    frames = clip.load(None)
+    np.testing.assert_array_equal(frames, moving_clip(6))
+    assert clip.load(4).shape[0] == 4
+
+    with pytest.raises(zsm.InputError, match="not found"):
+        find_clips(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(zsm.InputError, match="no frames"):
+        find_clips(tmp_path / "empty")
+
+
+def test_prepare_clip_crops_to_multiples_of_4_and_odd_length() -> None:
+    hr, notes = prepare_clip(moving_clip(6, 50, 66))
+    assert hr.shape == (5, 48, 64, 3)
+    assert len(notes) == 2
+    with pytest.raises(zsm.InputError, match="at least 3"):
+        prepare_clip(moving_clip(2))
+
+
+def test_run_model_on_clip_gives_2n_minus_1_uint8_frames(tiny_model, monkeypatch) -> None:
+    lr, _ = make_lr_clip(moving_clip())
+    out = run_model_on_clip(tiny_model, lr)
+    assert len(out) == 2 * len(lr) - 1 == T
+    assert all(f.dtype == np.uint8 and f.shape == (H, W, 3) for f in out)
+    x = torch.from_numpy(lr).permute(0, 3, 1, 2)[None].float() / 255
+    with torch.no_grad():
+        expected = (tiny_model(x)[0].clamp(0, 1) * 255).permute(0, 2, 3, 1).numpy()
+    for frame, exact in zip(out, expected, strict=True):
+        assert np.abs(frame.astype(float) - exact).max() <= 0.5 + 1e-3
+    # Without the video pipeline, the fallback runs the clip in one pass: same frames.
+    monkeypatch.setitem(sys.modules, "zsm.upscale", None)
+    fallback = run_model_on_clip(tiny_model, lr)
+    for a, b in zip(out, fallback, strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_clips_longer_than_a_window_keep_every_frame(tiny_model) -> None:
+    lr, _ = make_lr_clip(moving_clip(29, 16, 24))  # 15 inputs: more than one window
+    out = run_model_on_clip(tiny_model, lr)
+    assert len(out) == 29 and all(f.shape == (16, 24, 3) for f in out)
+
+
+def test_evaluate_scores_every_frame(vid4_like: Path, tiny_model) -> None:
+    options = EvalOptions(progress=False)
+    result = evaluate(vid4_like, model=tiny_model, weights="tiny", options=options)
+    assert result.methods == [*BASELINES, MODEL_METHOD]
+    assert [c.name for c in result.clips] == ["calendar", "city"]
+    clip = result.clips[0]
+    assert clip.kinds == [RECONSTRUCTED, INTERPOLATED] * 2 + [RECONSTRUCTED]
+    # The stored scores are the metrics of the method's own output against the HR frames.
+    hr = find_clips(vid4_like)[0].load(None)
+    lr, gt = make_lr_clip(hr)
+    flow = list(BASELINES["bicubic-flow"](lr))
+    s = clip.scores["bicubic-flow"]
+    assert s.psnr == pytest.approx([psnr_y(f, g) for f, g in zip(flow, gt, strict=True)])
+    assert s.ssim == pytest.approx([ssim_y(f, g) for f, g in zip(flow, gt, strict=True)])
+    assert s.mean(clip.kinds, INTERPOLATED)["psnr"] == pytest.approx(np.mean(s.psnr[1::2]))
+    assert all(x.seconds > 0 for x in clip.scores.values())
+    summary = result.summary()
+    expected = np.mean(
+        [c.scores["bicubic-blend"].mean(c.kinds, "all")["psnr"] for c in result.clips]
+    )
+    assert summary["bicubic-blend"]["all"]["psnr"] == pytest.approx(expected)
+    assert summary[MODEL_METHOD]["frames"] == 2 * T
+    # Crop examples: where the model gains most and least over the best baseline.
+    labels = [c.label for c in clip.crops]
+    assert labels == ["most gain", "least gain"]
+    assert clip.crops[0].gain_db >= clip.crops[1].gain_db
+    assert set(clip.crops[0].tiles) == {"GT", "bicubic-blend", "bicubic-flow", MODEL_METHOD} | {
+        c.reference for c in clip.crops
+    }
+
+
+def test_report_files_are_written_and_well_formed(vid4_like: Path, tiny_model, tmp_path) -> None:
+    result = evaluate(
+        vid4_like,
+        model=tiny_model,
+        weights="tiny",
+        options=EvalOptions(progress=False, crop_border=2),
+    )
+    out = tmp_path / "report"
+    written = write_report(result, out)
+    assert {p.name for p in written} >= {"report.json", "report.md"}
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    report = json.loads((out / "report.json").read_text(), parse_constant=no_constants)
+    assert report["methods"] == [*BASELINES, MODEL_METHOD]
+    assert report["protocol"]["border_crop"] == "2 px on every side"
+    assert "not per 7-frame window" in report["protocol"]["scoring"]
+    for method in report["methods"]:
+        entry = report["summary"][method]
+        assert set(entry) >= {"all", RECONSTRUCTED, INTERPOLATED, "fps"}
+        assert 0 < entry["all"]["ssim"] <= 1 and math.isfinite(entry["all"]["psnr"])
+    clip = report["clips"][0]
+    assert clip["frames"] == T and len(clip["methods"]["zsm"]["per_frame"]["psnr"]) == T
+    assert [c["label"] for c in clip["crops"]] == ["most gain", "least gain"]
+    for name in report["plots"]:
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 100
+
+    md = (out / "report.md").read_text()
+    assert "| clip | method | PSNR all | SSIM all |" in md
+    assert "| calendar | zsm |" in md and "| **average** | bicubic-flow |" in md
+    assert "not per 7-frame window" in md and "2 px on every side" in md
+    for name in report["plots"]:
+        assert f"]({name})" in md
+
+
+def test_border_crop_default_is_none_and_said(vid4_like: Path, tmp_path: Path) -> None:
+    result = evaluate(
+        vid4_like / "city", baselines=["bicubic-repeat"], options=EvalOptions(progress=False)
+    )
+    write_report(result, tmp_path / "r")
+    assert "none (0 px)" in (tmp_path / "r" / "report.md").read_text()
+    assert result.clips[0].crops == []  # no flow baseline, no model: nothing to compare
+
+
+def test_cli_baselines_only(vid4_like: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    code = main(["evaluate", str(vid4_like), "--baselines-only", "-o", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == list(BASELINES) and report["weights"] is None
+    assert "bicubic-flow" in capsys.readouterr().out
+    # The flow baseline is then the subject of the crop grid.
+    assert any(p.startswith("crops-") for p in report["plots"])
+
+
+def test_cli_with_weights_and_max_frames(vid4_like: Path, tiny_model, tmp_path: Path) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    zsm.save_weights(tiny_model, weights)
+    out = tmp_path / "cli"
+    argv = ["evaluate", str(vid4_like / "city"), "--weights", str(weights)]
+    argv += ["--baselines", "bicubic-blend", "--max-frames", "3", "-o", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == ["bicubic-blend", MODEL_METHOD]
+    assert report["clips"][0]["frames"] == 3
+
+
+def test_cli_errors_are_one_line(vid4_like: Path, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "nope"), "--baselines-only"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["evaluate", str(vid4_like), "--baselines", "magic", "--weights", "none"]) == 2
+    assert "magic" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.safetensors")
+    assert main(["evaluate", str(vid4_like), "--weights", missing]) == 2
+    assert "--baselines-only" in capsys.readouterr().err
