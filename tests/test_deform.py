@@ -14,23 +14,25 @@ def reference_deform_conv(x, offset, mask, weight, bias):
     b, cin, h, w = x.shape
     k = weight.shape[-1]
     groups = mask.shape[1] // (k * k)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij"
+    )
     cols = []
     for g in range(groups):
-        xg = x[:, g * cin // groups:(g + 1) * cin // groups]
+        xg = x[:, g * cin // groups : (g + 1) * cin // groups]
         for p in range(k * k):
             dy, dx = p // k - k // 2, p % k - k // 2
             oy = offset[:, 2 * (g * k * k + p)]
             ox = offset[:, 2 * (g * k * k + p) + 1]
             py, px = ys + dy + oy, xs + dx + ox
             grid = torch.stack((2 * px / (w - 1) - 1, 2 * py / (h - 1) - 1), dim=-1)
-            sampled = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros",
-                                    align_corners=True)
+            sampled = F.grid_sample(
+                xg, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+            )
             cols.append((g, p, sampled * mask[:, g * k * k + p].unsqueeze(1)))
     out = torch.zeros(b, weight.shape[0], h, w, dtype=x.dtype)
     for g, p, sampled in cols:
-        wg = weight[:, g * cin // groups:(g + 1) * cin // groups, p // k, p % k]
+        wg = weight[:, g * cin // groups : (g + 1) * cin // groups, p // k, p % k]
         out += torch.einsum("oc,bchw->bohw", wg, sampled)
     return out + bias.view(1, -1, 1, 1)
 
@@ -54,8 +56,9 @@ def test_random_offsets_match_grid_sample_reference(backend: str) -> None:
     offset = 3 * torch.randn(2, 2 * 2 * 9, 7, 10, dtype=torch.float64)  # some fall outside
     mask = torch.rand(2, 2 * 9, 7, 10, dtype=torch.float64)
     expected = reference_deform_conv(x, offset, mask, weight, bias)
-    out = modulated_deform_conv2d(x.float(), offset.float(), mask.float(), weight.float(),
-                                  bias.float(), backend=backend)
+    out = modulated_deform_conv2d(
+        x.float(), offset.float(), mask.float(), weight.float(), bias.float(), backend=backend
+    )
     assert (out.double() - expected).abs().max().item() <= 1e-4
 
 

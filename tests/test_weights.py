@@ -93,7 +93,7 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_wrong_shape_safetensors_names_the_mismatch(tmp_path: Path) -> None:
     path = zsm.save_weights(ZoomingSlowMo(TINY), tmp_path / "w.safetensors")
-    config, state, meta = read_weights(path)
+    _, state, meta = read_weights(path)
     state["reconstruct.out_conv.weight"] = torch.zeros(3, 8, 5, 5)
     from safetensors.torch import save_file
 

@@ -11,6 +11,7 @@ from zsm.errors import InputError, OutputError, WeightsError, ZSMError
 from zsm.models import PRESETS, ZoomingSlowMo, ZSMConfig
 from zsm.models.registry import load_model, registered_weights
 from zsm.models.weights import read_official_checkpoint, save_weights
+from zsm.upscale import upscale_batch, upscale_frames, upscale_video
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,7 @@ __all__ = [
     "read_official_checkpoint",
     "registered_weights",
     "save_weights",
+    "upscale_batch",
+    "upscale_frames",
+    "upscale_video",
 ]

@@ -104,6 +104,20 @@ def modulated_deform_conv2d(
     (B, G*k*k, H, W); ``weight`` (Cout, Cin, k, k); returns (B, Cout, H, W).
     """
     impl = _BACKENDS[backend] if backend else select_backend(x.device)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Positions (base + offset) are rounded in the input's dtype: fp16
+        # resolves 1/16 px at x = 100, bf16 only 1/2 px. So, like the
+        # offsets, the sampling (and its GEMM) stays fp32.
+        with torch.autocast(device_type, enabled=False):
+            return impl.fn(
+                x.float(),
+                offset.float(),
+                mask.float(),
+                weight.float(),
+                bias.float() if bias is not None else None,
+                padding,
+            )
     return impl.fn(x, offset, mask, weight, bias, padding)
 
 
@@ -161,12 +175,28 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.offset_mask.bias)
 
     def offsets_and_mask(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Offsets (B, 2*G*k*k, H, W) and mask (B, G*k*k, H, W) predicted from ``feat``."""
-        o1, o2, m = torch.chunk(self.offset_mask(feat), 3, dim=1)
-        return torch.cat((o1, o2), dim=1), torch.sigmoid(m)
+        """Offsets (B, 2*G*k*k, H, W) and mask (B, G*k*k, H, W) predicted from ``feat``.
+
+        Under autocast this conv runs in fp32: fp16 has 1/128 px resolution at
+        offsets of 8 px (bf16: 1/16 px), a visible misalignment, and the
+        offsets are few channels next to the rest of the network.
+        """
+        device_type = feat.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                om = self.offset_mask(feat.float())
+        else:
+            om = self.offset_mask(feat)
+        # = cat(o1, o2) of the three chunks, without the copy (backends take views)
+        n = om.shape[1] // 3
+        return om[:, : 2 * n], torch.sigmoid(om[:, 2 * n :])
 
     def forward(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(feat)
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, padding=self.padding
         )
+
+
+# The fast CPU backend registers itself (it imports register_backend from here).
+from zsm.models import deform_cpu  # noqa: E402, F401

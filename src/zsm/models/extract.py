@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zsm.models.blocks import ResidualBlock, conv3x3, lrelu, make_layer
+from zsm.models.blocks import ResidualBlock, conv3x3, lrelu_, make_layer
 from zsm.models.pyramid import FeaturePyramid
 
 
@@ -19,4 +19,4 @@ class FeatureExtractor(nn.Module):
         self.pyramid = FeaturePyramid(nf=nf)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.pyramid(self.trunk(lrelu(self.head(x))))
+        return self.pyramid(self.trunk(lrelu_(self.head(x))))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zsm.models.blocks import conv3x3, lrelu
+from zsm.models.blocks import conv3x3, lrelu_
 from zsm.models.deform import ModulatedDeformConv2d
 
 
@@ -48,13 +48,13 @@ class AlignLevel(nn.Module):
         coarser: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Align ``p`` using offsets from ``[p, q]``; returns (offset feature, aligned)."""
-        off = lrelu(self.offset_in(torch.cat((p, q), dim=1)))
+        off = lrelu_(self.offset_in(torch.cat((p, q), dim=1)))
         if coarser is None:
-            off = lrelu(self.offset_out(off))
+            off = lrelu_(self.offset_out(off))
             return off, self.dcn(p, off)
         coarse_off, coarse_fea = coarser
-        off = lrelu(self.offset_merge(torch.cat((off, 2 * up2(coarse_off)), dim=1)))
-        off = lrelu(self.offset_out(off))
+        off = lrelu_(self.offset_merge(torch.cat((off, 2 * up2(coarse_off)), dim=1)))
+        off = lrelu_(self.offset_out(off))
         fea = self.fuse(torch.cat((self.dcn(p, off), up2(coarse_fea)), dim=1))
         return off, fea
 
@@ -74,9 +74,9 @@ class PyramidAlign(nn.Module):
 
     def forward(self, p: list[torch.Tensor], q: list[torch.Tensor]) -> torch.Tensor:
         off3, fea3 = self.l3(p[2], q[2], None)
-        fea3 = lrelu(fea3)
+        fea3 = lrelu_(fea3)
         off2, fea2 = self.l2(p[1], q[1], (off3, fea3))
-        fea2 = lrelu(fea2)
+        fea2 = lrelu_(fea2)
         _, fea1 = self.l1(p[0], q[0], (off2, fea2))
         return fea1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zsm.models.blocks import conv3x3, lrelu
+from zsm.models.blocks import conv3x3, lrelu_
 
 
 class FeaturePyramid(nn.Module):
@@ -23,6 +23,6 @@ class FeaturePyramid(nn.Module):
         self.l3_conv = conv3x3(nf, nf)
 
     def forward(self, l1: torch.Tensor) -> list[torch.Tensor]:
-        l2 = lrelu(self.l2_conv(lrelu(self.l2_down(l1))))
-        l3 = lrelu(self.l3_conv(lrelu(self.l3_down(l2))))
+        l2 = lrelu_(self.l2_conv(lrelu_(self.l2_down(l1))))
+        l3 = lrelu_(self.l3_conv(lrelu_(self.l3_down(l2))))
         return [l1, l2, l3]

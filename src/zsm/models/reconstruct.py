@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zsm.models.blocks import ResidualBlock, conv3x3, lrelu, make_layer
+from zsm.models.blocks import ResidualBlock, conv3x3, lrelu_, make_layer
 
 
 class Reconstructor(nn.Module):
@@ -27,6 +27,6 @@ class Reconstructor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trunk(x)
-        x = lrelu(F.pixel_shuffle(self.up1(x), 2))
-        x = lrelu(F.pixel_shuffle(self.up2(x), 2))
-        return self.out_conv(lrelu(self.hr_conv(x)))
+        x = lrelu_(F.pixel_shuffle(self.up1(x), 2))
+        x = lrelu_(F.pixel_shuffle(self.up2(x), 2))
+        return self.out_conv(lrelu_(self.hr_conv(x)))

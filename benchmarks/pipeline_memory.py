@@ -1,0 +1,205 @@
+"""Peak memory and speed of ``zsm upscale`` on a 1280x720 input on the CPU.
+
+Runs the real pipeline (decode -> windows -> tiles -> model -> stitch ->
+H.264 encode -> mux) in a child process and reports that process's peak
+resident memory (``ru_maxrss``), its resident memory once the model is
+loaded, the tile size chosen, and frames per second. Uses the bundled
+``zsm-compact`` weights when installed, else a randomly initialised compact
+preset (same sizes, same cost). Not a test: it takes minutes to hours.
+
+    python benchmarks/pipeline_memory.py                    # the network: 4 frames, window 4
+    python benchmarks/pipeline_memory.py --frames 13 --window 12   # one default window
+    python benchmarks/pipeline_memory.py --stand-in --frames 40 --window 12
+        # bicubic in place of the network: default windows, 80 frames through the encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+SOURCE = Path("/work/shared/data/bigbuckbunny.mp4")
+LIMIT_GB = 6.0
+
+
+def make_input(path: Path, frames: int) -> None:
+    """The first ``frames`` frames of the sample clip at 1280x720 (or a synthetic pattern)."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        if SOURCE.is_file():
+            with av.open(str(SOURCE)) as src:
+                for k, frame in enumerate(src.decode(video=0)):
+                    if k == frames:
+                        break
+                    rgb = frame.to_ndarray(format="rgb24", width=1280, height=720)
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        else:
+            yy, xx = np.mgrid[0:720, 0:1280]
+            for k in range(frames):
+                rgb = np.stack([(xx + 8 * k) % 256, yy % 256, (xx + yy) % 256], -1)
+                frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
+                out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def weights_file(folder: Path) -> tuple[str, str]:
+    """(weights argument, description)."""
+    import torch
+
+    import zsm
+    from zsm.models.registry import DEFAULT_WEIGHTS, registered_weights
+
+    entry = registered_weights()[DEFAULT_WEIGHTS]
+    if entry.path.is_file():
+        return DEFAULT_WEIGHTS, f"bundled {DEFAULT_WEIGHTS}"
+    torch.manual_seed(0)
+    path = folder / "compact-random.safetensors"
+    zsm.save_weights(zsm.ZoomingSlowMo.from_preset("compact"), path)
+    return str(path), "random-init compact preset (bundled weights not installed)"
+
+
+class BicubicStandIn:
+    """The network's classical baseline (bicubic x4 + frame blend) with the compact model's
+    config, so tiles and buffers are sized as for the network: measures everything but the
+    network's own working memory, fast enough to push many frames through the encoder."""
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    def __call__(self, x):  # (1, n, 3, h, w) -> (1, 2n-1, 3, 4h, 4w)
+        from zsm.models.zsm import bicubic_skip
+
+        return bicubic_skip(x)
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one upscale and print a JSON line of measurements."""
+    import torch
+
+    from zsm.models.registry import load_model
+    from zsm.upscale import build_pipeline, upscale_video
+    from zsm.video.io import probe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.weights, device="cpu")
+    if args.stand_in:
+        model = BicubicStandIn(model.config)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    pipe = build_pipeline(model=model, device="cpu", window=args.window, tile=args.tile)
+    info = probe(args.input)
+    frames = min(args.window, info.frame_count or args.window)
+    tile = pipe.tile_size(info.height, info.width, frames)
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    result = upscale_video(
+        args.input,
+        args.output,
+        model=model,
+        device="cpu",
+        window=args.window,
+        tile=args.tile,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "input_frames": result.input_frames,
+                "output_frames": result.output_frames,
+                "tile": tile,
+                "budget": pipe.memory_budget,
+                "rss_loaded": rss_loaded,
+                "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "threads": torch.get_num_threads(),
+                "out_size": [result.width, result.height],
+                "fps": str(Fraction(result.fps)),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=4, help="input frames (default 4)")
+    parser.add_argument("--window", type=int, default=4, help="window size (default 4)")
+    parser.add_argument("--tile", type=int, help="tile size (default: automatic)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--stand-in",
+        action="store_true",
+        help="bicubic instead of the network: the pipeline's and encoder's memory alone",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="zsm-bench-") as tmp:
+        folder = Path(tmp)
+        src = folder / "in720p.mp4"
+        make_input(src, args.frames)
+        weights, described = weights_file(folder)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--input",
+            str(src),
+            "--weights",
+            weights,
+            "--output",
+            str(folder / "out.mp4"),
+            "--window",
+            str(args.window),
+        ]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--tile", str(args.tile)] if args.tile else []
+        cmd += ["--stand-in"] if args.stand_in else []
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        m = json.loads(done.stdout.strip().splitlines()[-1])
+
+    gb = 1e9
+    source = "bigbuckbunny.mp4" if SOURCE.is_file() else "synthetic"
+    print(f"input       : 1280x720, {m['input_frames']} frames ({source})")
+    print(f"weights     : {described}" + (" -> bicubic stand-in" if args.stand_in else ""))
+    print(
+        f"settings    : window {args.window}, tile {m['tile'] or 'none (whole frame)'} "
+        f"(budget {m['budget'] / gb:.2f} GB), {m['threads']} threads, CPU"
+    )
+    print(
+        f"output      : {m['out_size'][0]}x{m['out_size'][1]}, {m['output_frames']} frames "
+        f"at {m['fps']} fps"
+    )
+    print(
+        f"time        : {m['seconds']:.1f} s = {m['output_frames'] / m['seconds']:.4f} output "
+        f"frames/s ({m['input_frames'] / m['seconds']:.4f} input frames/s), "
+        f"{m['cpu_seconds']:.0f} CPU-s (a busy machine stretches the wall time)"
+    )
+    print(
+        f"RSS         : {m['rss_loaded'] / gb:.2f} GB after loading, "
+        f"peak {m['rss_peak'] / gb:.2f} GB "
+        f"(limit {LIMIT_GB:.0f} GB: {'ok' if m['rss_peak'] / gb < LIMIT_GB else 'EXCEEDED'})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""Public API: space-time upscaling of a video file, a frame folder, many files, or frames.
+
+* :func:`upscale_video` — one input (video file or image folder) to one output
+  (video file, or a folder of PNG frames), streaming, resumable, atomic.
+* :func:`upscale_batch` — every video of a folder into an output folder.
+* :func:`upscale_frames` — an iterator of uint8 frames in, upscaled frames out.
+
+n input frames give 2n output frames at exactly twice the frame rate (the
+last one is held for its successor's slot; see :mod:`zsm.video.pipeline`),
+4x the width and height; ``time_factor=1`` keeps only the frames at input
+times (n frames, same rate, 4x size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zsm.atomic import describe_os_error
+from zsm.device import half_dtype, memory_budget, resolve_device, torch_threads
+from zsm.errors import InputError, OutputError, ZSMError
+from zsm.models.registry import DEFAULT_WEIGHTS, load_model, resolve_weights
+from zsm.video.encode import DEFAULT_CRF, EncodeSettings, choose_codec, container_format
+from zsm.video.io import FRAME_NAME, VideoInfo, list_images, list_videos, probe
+from zsm.video.job import UpscaleJob
+from zsm.video.pipeline import Pipeline, output_frames
+from zsm.video.resume import WorkDir
+from zsm.video.tiles import DEFAULT_TILE_OVERLAP
+from zsm.video.windows import DEFAULT_WINDOW, TooFewFrames, WindowPlan
+
+log = logging.getLogger("zsm")
+
+ModelLike = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
+DEFAULT_SEGMENT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    """What :func:`upscale_video` wrote."""
+
+    input: Path
+    output: Path
+    input_frames: int
+    output_frames: int
+    fps: Fraction  # of the output
+    width: int
+    height: int
+    seconds: float  # wall time of this call
+    resumed_frames: int = 0  # output frames taken over from an interrupted run
+
+
+@dataclass
+class BatchResult:
+    """What :func:`upscale_batch` did with each input."""
+
+    done: list[UpscaleResult] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # output already there
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+# --- frames -----------------------------------------------------------------------------
+
+
+def build_pipeline(
+    *,
+    weights: str | Path | None = None,
+    model: ModelLike | None = None,
+    device: str | torch.device = "auto",
+    half: bool = False,
+    window: int = DEFAULT_WINDOW,
+    window_overlap: int | None = None,
+    tile: int | None = None,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+) -> Pipeline:
+    """The :class:`~zsm.video.pipeline.Pipeline` the other functions run (model loaded)."""
+    plan = WindowPlan.fitted(window, window_overlap)
+    if window_overlap is not None and plan.overlap < window_overlap:
+        log.warning(
+            "zsm: a window of %d frames allows an overlap of at most %d; using %d",
+            window,
+            plan.overlap,
+            plan.overlap,
+        )
+    dev = resolve_device(device)
+    if model is None:
+        model = load_model(weights or DEFAULT_WEIGHTS, device=dev)
+    elif isinstance(model, torch.nn.Module):
+        model = model.to(dev).eval()
+    return Pipeline(
+        model=model,
+        device=dev,
+        plan=plan,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        autocast=half_dtype(dev, half),
+        memory_budget=None if tile is not None else memory_budget(dev),
+    )
+
+
+def upscale_frames(
+    frames: Iterable[np.ndarray],
+    *,
+    weights: str | Path | None = None,
+    model: ModelLike | None = None,
+    device: str | torch.device = "auto",
+    half: bool = False,
+    window: int = DEFAULT_WINDOW,
+    window_overlap: int | None = None,
+    tile: int | None = None,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    time_factor: int = 2,
+) -> Iterator[np.ndarray]:
+    """Upscale ``frames`` ((H, W, 3) uint8 RGB, one size) lazily.
+
+    Yields (4H, 4W, 3) uint8 frames: 2n for n inputs (``time_factor=2``) or n
+    (``time_factor=1``), holding only one temporal window in memory.
+    """
+    _check_time_factor(time_factor)
+    pipe = build_pipeline(
+        weights=weights,
+        model=model,
+        device=device,
+        half=half,
+        window=window,
+        window_overlap=window_overlap,
+        tile=tile,
+        tile_overlap=tile_overlap,
+    )
+    try:
+        for win, chunk in pipe.run(_checked(frames)):
+            outs = [f.numpy() for _, f in output_frames(win, chunk, time_factor=time_factor)]
+            del chunk  # hold one window, not two, while the next is made
+            while outs:
+                yield outs.pop(0)
+    except TooFewFrames as exc:
+        raise InputError(f"need at least 2 frames to upscale, got {exc.count}") from None
+
+
+def _checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    shape = None
+    for k, f in enumerate(frames):
+        f = np.asarray(f)
+        if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+            raise InputError(
+                f"frame {k}: expected an (H, W, 3) uint8 array, got {f.shape} {f.dtype}"
+            )
+        if shape is None:
+            shape = f.shape
+        elif f.shape != shape:
+            raise InputError(f"frame {k} is {f.shape}, frame 0 was {shape}; sizes must match")
+        yield f
+
+
+def _check_time_factor(time_factor: int) -> None:
+    if time_factor not in (1, 2):
+        raise ValueError(f"time_factor must be 1 or 2, got {time_factor}")
+
+
+# --- one video --------------------------------------------------------------------------
+
+
+def is_folder_output(dst: Path | str) -> bool:
+    """OUTPUT names a folder of PNG frames: ends with a separator or is an existing folder."""
+    text = os.fspath(dst)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def upscale_video(
+    src: Path | str,
+    dst: Path | str,
+    *,
+    weights: str | Path | None = None,
+    model: ModelLike | None = None,
+    device: str | torch.device = "auto",
+    half: bool = False,
+    window: int = DEFAULT_WINDOW,
+    window_overlap: int | None = None,
+    tile: int | None = None,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    threads: int | None = None,
+    time_factor: int = 2,
+    codec: str | None = None,
+    crf: int = DEFAULT_CRF,
+    fps: Fraction | float | None = None,
+    resume: bool = False,
+    max_frames: int | None = None,
+    progress: bool | None = None,
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
+) -> UpscaleResult:
+    """Upscale the video file or image folder ``src`` into ``dst``.
+
+    ``dst`` is a video file (container from its extension; audio and
+    subtitles carried over) or, when it ends with ``/`` or is a folder, PNG
+    frames ``00000001.png``, ... . Work happens in ``.<dst name>.zsm-work``
+    beside ``dst``; a video file appears under its name only when complete.
+    ``resume`` continues an interrupted run from its last finished segment
+    (segments close every ``segment_seconds`` of work). ``fps`` is the frame
+    rate of an image-folder input (default 25); ``max_frames`` processes only
+    the first input frames (audio cut to match). ``progress``: a tqdm bar
+    (``None``: only on a terminal). Other options: see :func:`upscale_frames`.
+    """
+    started = time.monotonic()
+    _check_time_factor(time_factor)
+    if max_frames is not None and max_frames < 2:
+        raise ValueError(f"max_frames must be >= 2, got {max_frames}")
+    src, folder_out = Path(src), is_folder_output(dst)
+    dst = Path(os.path.abspath(dst))
+    info = _probe_input(src, fps)
+    if info.frame_count_exact and info.frame_count is not None and info.frame_count < 2:
+        raise InputError(f"{src} has only {info.frame_count} frame; need at least 2")
+    fmt = codec_name = None
+    if not folder_out:
+        fmt = container_format(dst)
+        codec_name = choose_codec(fmt, codec)
+    _check_output(src, dst, folder_out)
+    weights_path = resolve_weights(weights or DEFAULT_WEIGHTS) if model is None else None
+    dev = resolve_device(device)
+    plan = WindowPlan.fitted(window, window_overlap)
+    output_kind = "png" if folder_out else f"{codec_name} crf {crf}"
+    key = _run_key(info, weights, weights_path, model, plan, time_factor, output_kind, max_frames)
+    work = WorkDir.open(dst, key, resume=resume)
+    try:
+        with torch_threads(threads):
+            if work.complete:
+                pipe = None
+            else:
+                pipe = build_pipeline(
+                    model=model if model is not None else load_model(weights_path, device=dev),
+                    device=dev,
+                    half=half,
+                    window=window,
+                    window_overlap=window_overlap,
+                    tile=tile,
+                    tile_overlap=tile_overlap,
+                )
+            settings = EncodeSettings(
+                codec=codec_name or "",
+                fps=info.fps * time_factor,
+                width=4 * info.width,
+                height=4 * info.height,
+                crf=crf,
+                threads=threads,
+            )
+            job = UpscaleJob(
+                info=info,
+                dst=dst,
+                work=work,
+                pipe=pipe,
+                time_factor=time_factor,
+                max_frames=max_frames,
+                progress=progress,
+                segment_seconds=segment_seconds,
+                fmt=fmt,
+                settings=settings,
+            )
+            n_in, n_out, resumed = job.run()
+    except BaseException:
+        if work.segments:
+            log.warning(
+                "zsm: %d finished output frames kept in %s; rerun with --resume to continue",
+                work.next_frame,
+                work.path,
+            )
+        else:
+            work.remove()
+        raise
+    work.remove()
+    return UpscaleResult(
+        input=src,
+        output=dst,
+        input_frames=n_in,
+        output_frames=n_out,
+        fps=info.fps * time_factor,
+        width=4 * info.width,
+        height=4 * info.height,
+        seconds=time.monotonic() - started,
+        resumed_frames=resumed,
+    )
+
+
+def _probe_input(src: Path, fps: Fraction | float | None) -> VideoInfo:
+    if src.is_dir() and not list_images(src) and list_videos(src):
+        raise InputError(
+            f"{src} is a folder of videos, not of frames; "
+            "give an output folder to upscale each of them"
+        )
+    return probe(src, fps=fps)
+
+
+def _check_output(src: Path, dst: Path, folder_out: bool) -> None:
+    if src.exists() and dst.exists() and dst.resolve() == src.resolve():
+        raise OutputError(f"output {dst} is the input; choose another name")
+    if not dst.parent.is_dir():
+        raise OutputError(f"cannot write {dst}: folder {dst.parent} does not exist")
+    if folder_out and dst.exists():
+        if not dst.is_dir():
+            raise OutputError(f"cannot write frames to {dst}: it is a file")
+        foreign = [p.name for p in dst.iterdir() if not FRAME_NAME.match(p.name)]
+        if foreign:
+            raise OutputError(
+                f"output folder {dst} holds other files ({foreign[0]}, ...); "
+                "give an empty or new folder"
+            )
+
+
+def _run_key(
+    info: VideoInfo,
+    weights: str | Path | None,
+    weights_path: Path | None,
+    model: ModelLike | None,
+    plan: WindowPlan,
+    time_factor: int,
+    output_kind: str,
+    max_frames: int | None,
+) -> dict[str, Any]:
+    """What must not change between an interrupted run and its ``--resume``."""
+    if info.is_folder:
+        ident = f"{len(info.images)} images, last {info.images[-1].name}"
+    else:
+        st = info.path.stat()
+        ident = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+    if weights_path is not None:
+        ws = weights_path.stat()
+        wid = f"{weights_path.resolve()} ({ws.st_size} bytes, mtime {ws.st_mtime_ns})"
+    else:
+        wid = f"model object {type(model).__name__} ({weights or 'unnamed'})"
+    return {
+        "input": f"{info.path.resolve()} ({ident})",
+        "weights": wid,
+        "window": [plan.size, plan.overlap],
+        "time_factor": time_factor,
+        "output": output_kind,
+        "fps": str(info.fps),
+        "max_frames": max_frames,
+    }
+
+
+# --- many videos ------------------------------------------------------------------------
+
+
+def upscale_batch(
+    src_dir: Path | str,
+    dst_dir: Path | str,
+    *,
+    ext: str = ".mp4",
+    weights: str | Path | None = None,
+    model: ModelLike | None = None,
+    device: str | torch.device = "auto",
+    **options: Any,
+) -> BatchResult:
+    """Upscale every video file of ``src_dir`` into ``dst_dir/<name><ext>``.
+
+    Outputs already present are skipped (they are complete: outputs appear
+    only when finished); a failing input is recorded in the result and the
+    batch goes on. ``options`` are those of :func:`upscale_video`.
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not src_dir.is_dir():
+        raise InputError(f"input folder not found: {src_dir}")
+    videos = list_videos(src_dir)
+    if not videos:
+        raise InputError(f"{src_dir} holds no video files")
+    ext = ext if ext.startswith(".") else f".{ext}"
+    container_format(Path(f"x{ext}"))
+    try:
+        dst_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, dst_dir)) from exc
+    dev = resolve_device(device)
+    if model is None:
+        model = load_model(weights or DEFAULT_WEIGHTS, device=dev)
+    stems = [v.stem for v in videos]
+    result = BatchResult()
+    for video in videos:
+        name = video.stem if stems.count(video.stem) == 1 else video.name
+        out = dst_dir / f"{name}{ext}"
+        if out.exists():
+            result.skipped.append(video)
+            continue
+        try:
+            result.done.append(
+                upscale_video(video, out, model=model, weights=weights, device=dev, **options)
+            )
+        except ZSMError as exc:
+            log.warning("zsm: %s failed: %s", video.name, exc)
+            result.failed.append((video, str(exc)))
+    return result
+
+
+__all__ = [
+    "BatchResult",
+    "UpscaleResult",
+    "build_pipeline",
+    "is_folder_output",
+    "upscale_batch",
+    "upscale_frames",
+    "upscale_video",
+]

@@ -1,0 +1,106 @@
+"""``zsm benchmark``: the report's structure on a tiny network (no timing assertions)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from zsm.bench import (
+    STAGES,
+    format_report,
+    realistic_offsets,
+    run_benchmark,
+    staged_forward,
+    use_process_clock,
+)
+from zsm.cli import main
+from zsm.models.deform import ModulatedDeformConv2d
+from zsm.models.zsm import ZoomingSlowMo
+
+TINY = {"nf": 8, "groups": 2, "front_RBs": 0, "back_RBs": 1, "hr_nf": 8}
+CLOCK = ["--clock", "process"]
+
+
+def assert_positive_report(r: dict) -> None:
+    assert set(r["stages"]) == {*STAGES, "total"}
+    for stage in r["stages"].values():
+        for key in ("ms_per_frame", "gflop_per_frame", "gflops", "vs_dense_gflops"):
+            assert stage[key] > 0, key
+    total = r["stages"]["total"]
+    parts = [r["stages"][s]["gflop_per_frame"] for s in STAGES]
+    assert total["gflop_per_frame"] == pytest.approx(sum(parts))
+    assert r["dense_conv"]["gflops"] > 0 and r["dense_conv"]["ms"] > 0
+    assert r["output_frames"] == 2 * r["frames"] - 1
+    if r["peak_memory_mb"] is not None:
+        assert r["peak_memory_mb"] > 0
+    impls = r["dcn"]["impls"]
+    assert "dense" in impls and "torchvision" in impls
+    for v in impls.values():
+        assert v["forward_ms"] > 0 and v["forward_gflops"] > 0 and v["backward_ms"] >= 0
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: tiny ops are dominated by waking a second one on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_run_benchmark_tiny_network(one_thread: None) -> None:
+    r = run_benchmark(preset="compact", size=(20, 12), frames=2, repeats=1, overrides=TINY)
+    assert r["config"]["nf"] == 8 and r["device"] == "cpu"
+    assert_positive_report(r)
+    json.dumps(r)  # JSON-ready
+    text = format_report(r)
+    assert all(s in text for s in STAGES) and "torchvision" in text
+
+
+def test_cli_json(capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+    args = ["benchmark", "--size", "16x12", "--frames", "2", "--repeats", "1", "--json"]
+    try:
+        code = main([*args, "--dcn-backends", "cpu,torchvision", "--threads", "1", *CLOCK])
+    finally:
+        use_process_clock(False)
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["clock"] == "process"
+    assert r["preset"] == "compact" and r["size"] == [16, 12]
+    assert set(r["dcn"]["impls"]) == {"dense", "cpu", "torchvision"}
+    assert_positive_report(r)
+
+
+def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["benchmark", "--dcn-backends", "nope"]) == 2
+    assert "unknown DCN backend" in capsys.readouterr().err
+    assert main(["benchmark", "--frames", "1"]) == 2
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--size", "16by12"])
+
+
+def test_staged_forward_is_the_model_forward(one_thread: None) -> None:
+    torch.manual_seed(0)
+    for global_skip in (False, True):
+        model = ZoomingSlowMo.from_preset("compact", **TINY, global_skip=global_skip).eval()
+        frames = torch.rand(1, 3, 3, 10, 13)  # padded inside, cropped back
+        with torch.no_grad():
+            expected = model(frames)
+            out = staged_forward(model, frames, lambda name: contextlib.nullcontext())
+        assert torch.equal(out, expected)
+
+
+def test_realistic_offsets_are_a_few_pixels(one_thread: None) -> None:
+    torch.manual_seed(0)
+    model = ZoomingSlowMo.from_preset("compact", **TINY).eval()
+    frames = torch.rand(1, 2, 3, 32, 32)
+    realistic_offsets(model, lambda: model(frames))
+    dcn = next(m for m in model.modules() if isinstance(m, ModulatedDeformConv2d))
+    feat = torch.randn(1, 8, 16, 16)
+    with torch.no_grad():
+        offset, mask = dcn.offsets_and_mask(feat)
+    assert 0.3 < offset.std().item() < 20
+    assert 0.05 < mask.mean().item() < 0.95
