@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from zsm.device import precision
 from zsm.models.config import PRESETS, ZSMConfig
 from zsm.models.deform import ModulatedDeformConv2d, modulated_deform_conv2d, select_backend
 from zsm.models.zsm import (
@@ -63,6 +64,13 @@ from zsm.models.zsm import (
 )
 
 STAGES = ("extract", "interpolate", "ConvLSTM", "reconstruct")
+
+# ``--precision`` names -> autocast dtype (None: float32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 # Standard deviation (pixels) the offsets are calibrated to; trained ZSM
 # offsets are of this order at the finest pyramid level.
@@ -306,9 +314,16 @@ def bench_model(
     frames: int,
     device: torch.device,
     repeats: int,
+    dtype: torch.dtype | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Per-stage time, GFLOP and GFLOP/s of one forward pass, and the dense reference."""
+    """Per-stage time, GFLOP and GFLOP/s of one forward pass, and the dense reference.
+
+    ``dtype``: autocast dtype (``None``: float32), as ``zsm upscale --half``
+    runs the network; the dense reference runs under the same autocast.
+    Also times the whole forward pass with no synchronisation between the
+    stages, which gives the output frames per second.
+    """
     torch.manual_seed(seed)
     width, height = size
     model = ZoomingSlowMo(config).to(device).eval()
@@ -325,7 +340,7 @@ def bench_model(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     counter = _ConvFlops(model)
-    with torch.no_grad():
+    with precision(device, dtype):
         staged_forward(model, x, counter.stage)  # warm-up; counts the FLOPs
         conv(dense_in)
     counter.remove()
@@ -341,9 +356,11 @@ def bench_model(
         _sync(device)
         times[name].append(_clock() - t0)
 
-    with torch.no_grad():
+    whole_times: list[float] = []
+    with precision(device, dtype):
         for _ in range(max(1, repeats)):
             staged_forward(model, x, timed_stage)
+            whole_times.append(_timed(lambda: model(x), device))
             dense_times += _best_of(lambda: conv(dense_in), device, 3, 1.0)
     if device.type == "cuda":
         peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
@@ -372,6 +389,8 @@ def bench_model(
         },
         "stages": stages,
         "output_frames": out_frames,
+        "whole_ms": min(whole_times) * 1e3,
+        "output_fps": out_frames / min(whole_times),
         "peak_memory_mb": peak_mb,
         "peak_memory_kind": peak_kind,
     }
@@ -484,19 +503,26 @@ def run_benchmark(
     dcn_backends: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     malloc_tuned: bool = False,
+    precision_name: str = "fp32",
 ) -> dict[str, Any]:
     """Everything ``zsm benchmark`` reports, as a JSON-ready dict.
 
     ``dcn_backends``: backends to time for the DCN alone (default: the one
     ``auto`` picks on the device, plus ``torchvision`` if different);
     ``overrides``: model config fields replacing the preset's (tests use a tiny net);
-    ``malloc_tuned``: only recorded (the caller applied :func:`tune_malloc`).
+    ``malloc_tuned``: only recorded (the caller applied :func:`tune_malloc`);
+    ``precision_name``: ``fp32``, or ``fp16``/``bf16`` autocast (GPU only) for
+    the network (the DCN-alone figures stay float32, as the network keeps them).
     """
     if frames < 2:
         raise ValueError(f"--frames must be >= 2, got {frames}")
     if min(size) < 1:
         raise ValueError(f"--size must be positive, got {size[0]}x{size[1]}")
     dev = resolve_device(device)
+    if precision_name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision_name!r}; choose one of {list(PRECISIONS)}")
+    if precision_name != "fp32" and dev.type == "cpu":
+        raise ValueError(f"precision {precision_name} is for GPUs; the CPU path runs in fp32")
     base = PRESETS.get(preset)
     if base is None:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -505,7 +531,14 @@ def run_benchmark(
     if dcn_backends is None:
         dcn_backends = [auto] + (["torchvision"] if auto != "torchvision" else [])
     width, height = size
-    net = bench_model(config, size=size, frames=frames, device=dev, repeats=repeats)
+    net = bench_model(
+        config,
+        size=size,
+        frames=frames,
+        device=dev,
+        repeats=repeats,
+        dtype=PRECISIONS[precision_name],
+    )
     hp, wp = net["dense_conv"]["shape"][2:]
     dcn = bench_dcn(
         nf=config.nf,
@@ -525,6 +558,7 @@ def run_benchmark(
         "size": [width, height],
         "frames": frames,
         "repeats": repeats,
+        "precision": precision_name,
         "malloc_tuned": malloc_tuned,
         "clock": "process" if _clock is time.process_time else "wall",
         "dcn_backend": backend_label(dev),
@@ -542,7 +576,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"front_RBs={c['front_RBs']}, back_RBs={c['back_RBs']}, hr_nf={c['hr_nf']})",
         f"input {r['frames']} frames {w}x{h} -> {r['output_frames']} frames {4 * w}x{4 * h}; "
         f"device {r['device']} ({r['device_name']}, {r['threads']} threads); "
-        f"DCN backend {r['dcn_backend']}; best of {r['repeats']}"
+        f"DCN backend {r['dcn_backend']}; {r.get('precision', 'fp32')}; best of {r['repeats']}"
         + ("; malloc tuned" if r.get("malloc_tuned") else "")
         + ("; CPU-time clock" if r.get("clock") == "process" else ""),
         f"dense 3x3 conv {c['nf']}->{c['nf']} on {tuple(d['shape'])}: {d['ms']:.1f} ms, "
@@ -557,6 +591,10 @@ def format_report(r: dict[str, Any]) -> str:
             f"{s['gflops']:>9.1f}{100 * s['vs_dense_gflops']:>19.0f}%"
             f"{s['ms_per_frame_median']:>17.1f}"
         )
+    lines.append(
+        f"whole forward, no sync between stages: {r['whole_ms']:.1f} ms for "
+        f"{r['output_frames']} output frames = {r['output_fps']:.1f} output frames/s"
+    )
     mem = r["peak_memory_mb"]
     kind = "peak RSS" if r["peak_memory_kind"] == "rss" else "peak CUDA memory allocated"
     lines.append(f"{kind}: {mem:.0f} MB" if mem is not None else f"{kind}: unknown")

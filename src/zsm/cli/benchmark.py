@@ -69,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="wall time (default) or the process's CPU time, steadier on a machine shared "
         "with other work (use with --threads 1; CPU only)",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp32 (default), or the network under fp16/bf16 autocast as `zsm upscale --half` "
+        "runs it (GPU only; offsets and deformable sampling stay fp32)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=run)
 
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             dcn_backends=backends,
             malloc_tuned=tuned,
+            precision_name=args.precision,
         )
     except ValueError as exc:
         raise ZSMError(str(exc)) from exc

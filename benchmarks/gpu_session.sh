@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Everything worth doing in one short session on a CUDA machine, bounded in time:
+#   1. the GPU tests (CUDA vs CPU, fp16/bf16 vs fp32),
+#   2. `zsm benchmark` of the official and compact presets at 176x144, fp32/fp16/bf16,
+#   3. the demo clip upscaled on the GPU (fp32 and --half), timed end to end,
+#   4. stage 2 of the zsm-compact training (configs/zsm-compact-gpu.toml), its length
+#      sized from a short probe so that it fits TRAIN_S seconds,
+#   5. `zsm evaluate` of the weights stage 2 produced (EMA or raw, whichever scores
+#      higher on the validation clip) on the clips in CLIPS (a folder of videos).
+# Results go to $OUT (default /tmp/zsm-gpu): session.log, results.tar.gz, and the
+# stage-2 weights (stage2-ema.safetensors, stage2-raw.safetensors).
+#
+# Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (stage-1 weights,
+# default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CLIPS (optional),
+# RUN (stage-2 run folder, default runs/zsm-compact-gpu), DEVICE (default cuda; cpu for a dry run of this script, fp32 only), TRAIN_ARGS (extra
+# config overrides for both training runs, e.g. a small batch for a dry run), STEPS (which
+# of tests,bench,upscale,train,eval to run; default all), BUDGET (seconds for the whole
+# session: the training is shortened to end ~2 minutes before it).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/zsm-gpu}
+PY=${PYTHON:-python3}
+TRAIN_S=${TRAIN_S:-220}
+INIT=${INIT:-runs/zsm-compact/checkpoints/iter_00003451/model.safetensors}
+CLIPS=${CLIPS:-}
+DEVICE=${DEVICE:-cuda}
+PRECISIONS="fp32 fp16 bf16"
+[ "$DEVICE" = cpu ] && PRECISIONS=fp32
+read -r -a EXTRA <<<"${TRAIN_ARGS:-}"
+STEPS=${STEPS:-tests,bench,upscale,train,eval}
+DEADLINE=$((SECONDS + ${BUDGET:-100000}))
+TIMEFORMAT="%R s wall"
+R=$OUT/results
+RUN=${RUN:-runs/zsm-compact-gpu}
+mkdir -p "$R"
+export PYTHONUNBUFFERED=1
+
+step() { echo; echo "=== $(date +%T) $*"; }
+
+session() {
+  step environment
+  nvidia-smi -L
+  "$PY" -c 'import torch, torchvision, av; print("torch", torch.__version__, "torchvision",
+torchvision.__version__, "av", av.__version__, "cuda", torch.cuda.is_available())'
+
+  want() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+  want tests && step GPU tests && timeout 180 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_gpu.py
+
+  want bench && for preset in official compact; do
+    for prec in $PRECISIONS; do
+      step "benchmark $preset $prec"
+      if timeout 120 "$PY" -m zsm benchmark --preset "$preset" --frames 7 --repeats 5 \
+        --device "$DEVICE" --precision "$prec" --json >"$R/bench-$preset-$prec.json"; then
+        "$PY" -c 'import json, sys; from zsm.bench import format_report
+print(format_report(json.load(open(sys.argv[1]))))' "$R/bench-$preset-$prec.json"
+      fi
+    done
+  done
+
+  want upscale && for half in "" --half; do
+    step "upscale the demo clip on the GPU ${half:-fp32}"
+    time timeout 120 "$PY" -m zsm upscale src/zsm/assets/bbb-demo.mp4 \
+      -o "$R/demo-gpu${half:+-half}.mp4" --device "$DEVICE" $half --quiet
+  done
+
+  want train || return 0
+  step "stage-2 training: probe"
+  TRAIN_S=$(( TRAIN_S < DEADLINE - SECONDS - 180 ? TRAIN_S : DEADLINE - SECONDS - 180 ))
+  local common=(train.init="$INIT" train.progress=false train.tensorboard=false "${EXTRA[@]}")
+  timeout 180 "$PY" -m zsm train configs/zsm-compact-gpu.toml "${common[@]}" \
+    train.out_dir=/tmp/zsm-probe train.iterations=60 train.val_every=0
+  local n
+  n=$("$PY" -c 'import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+s_it = [r["s_it"] for r in rows if "s_it" in r][-1]
+print(max(200, int(float(sys.argv[2]) / s_it) // 200 * 200))' /tmp/zsm-probe/log.jsonl "$TRAIN_S")
+  step "stage-2 training: $n iterations"
+  timeout -s INT $((TRAIN_S * 3 / 2)) "$PY" -m zsm train configs/zsm-compact-gpu.toml "${common[@]}" \
+    train.out_dir="$RUN" train.iterations="$n" "schedule.periods=[$n]" train.val_every=$((n / 2))
+  cp "$RUN/log.jsonl" "$R/stage2-log.jsonl"
+  # The last checkpoint (the end of the run, or where the time limit stopped it).
+  local last
+  last=$RUN/checkpoints/$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' \
+    "$RUN/checkpoints/latest.json")
+  cp "$last/ema.safetensors" "$OUT/stage2-ema.safetensors"
+  cp "$last/model.safetensors" "$OUT/stage2-raw.safetensors"
+
+  want eval && [ -n "$CLIPS" ] || return 0
+  local pick
+  pick=$("$PY" -c 'import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+row = [r for r in rows if "val_psnr_y_ema" in r][-1]
+print("ema" if row["val_psnr_y_ema"] >= row["val_psnr_y"] else "raw", row)' "$RUN/log.jsonl")
+  echo "validation picks: $pick"
+  for clip in "$CLIPS"/*; do
+    step "evaluate $(basename "$clip")"
+    timeout 240 "$PY" -m zsm evaluate "$clip" --weights "$OUT/stage2-${pick%% *}.safetensors" \
+      --device "$DEVICE" --no-progress -o "$R/eval-$(basename "${clip%.*}")"
+  done
+}
+
+session 2>&1 | tee "$OUT/session.log"
+tar -czf "$OUT/results.tar.gz" -C "$OUT" results && rm -rf "$R"
