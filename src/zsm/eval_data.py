@@ -12,6 +12,7 @@ Frames are loaded only when a clip is evaluated, as uint8 RGB (T, H, W, 3).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,22 +105,14 @@ def read_frames(files: list[Path], max_frames: int | None = None) -> np.ndarray:
 
 
 def read_video(path: Path, max_frames: int | None = None) -> np.ndarray:
-    """A video file's first ``max_frames`` frames (all by default) as uint8 RGB (T, H, W, 3)."""
-    # TODO(lead): switch to zsm.video.io once it lands, so evaluation and
-    # upscaling decode alike (rotation metadata, odd pixel formats).
-    import av
+    """A video file's first ``max_frames`` frames (all by default) as uint8 RGB (T, H, W, 3).
 
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"{path} has no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as exc:
-        raise InputError(f"cannot decode video {path}: {exc}") from exc
+    Decoded by :mod:`zsm.video.io`, as ``zsm upscale`` does: rotation metadata
+    honoured, any pixel format converted alike.
+    """
+    from zsm.video.io import iter_frames, probe
+
+    frames = [f for f in itertools.islice(iter_frames(probe(path)), max_frames) if f is not None]
     if not frames:
         raise InputError(f"{path} contains no video frames")
     return np.stack(frames)

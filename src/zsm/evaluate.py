@@ -29,6 +29,7 @@ from zsm.data.degrade import SCALE, make_lr_clip
 from zsm.errors import InputError
 from zsm.eval_data import find_clips
 from zsm.metrics import LPIPS, psnr_y, rgb_to_y, ssim_y
+from zsm.upscale import upscale_frames
 
 RECONSTRUCTED = "reconstructed"
 INTERPOLATED = "interpolated"
@@ -147,13 +148,6 @@ def model_frames(
 ) -> Iterator[np.ndarray]:
     """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time."""
     n = len(lr_frames)
-    try:
-        from zsm.upscale import upscale_frames  # the video pipeline: windows and tiles, stitched
-    except ImportError as exc:
-        if exc.name != "zsm.upscale":
-            raise
-        yield from _one_pass(model, lr_frames, device)
-        return
     # The pipeline holds the last frame for a 2n-th slot (2x frame rate); the scored frames
     # are the 2n-1 that lie on or between inputs.
     count = 0
@@ -162,20 +156,6 @@ def model_frames(
         yield frame
     if count != 2 * n - 1:
         raise RuntimeError(f"the pipeline gave {count} frames for {n} inputs")
-
-
-def _one_pass(
-    model: torch.nn.Module, lr_frames: np.ndarray, device: str | torch.device
-) -> list[np.ndarray]:
-    # TODO(lead): delete this fallback once zsm.upscale (video/pipeline.py) is committed. It
-    # runs the whole clip as one window: memory for all of it, and not what users' videos go
-    # through (overlapping windows and tiles, stitched).
-    x = torch.from_numpy(np.ascontiguousarray(lr_frames)).to(device)
-    x = x.permute(0, 3, 1, 2).unsqueeze(0).float() / 255.0  # (1, n, 3, h, w)
-    with torch.inference_mode():
-        y = model(x)[0].clamp(0.0, 1.0)  # (2n-1, 3, 4h, 4w)
-    y = torch.floor(y * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return list(y)
 
 
 class _Timed:
