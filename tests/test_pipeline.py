@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from zsm.errors import InputError
 from zsm.upscale import build_pipeline, upscale_frames
@@ -190,3 +192,43 @@ def test_upscale_frames_rejects_bad_frames(video_tiny_model) -> None:
     mixed = [*_frames(2), *_frames(1, 8, 8)]
     with pytest.raises(InputError, match="sizes must match"):
         list(upscale_frames(mixed, model=video_tiny_model, device="cpu"))
+
+
+# --- property: any small clip, any window and tile layout -------------------------------------
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(2, 9),
+    h=st.integers(1, 21),
+    w=st.integers(1, 21),
+    window=st.integers(2, 6),
+    overlap=st.integers(0, 3),
+    tile=st.one_of(st.none(), st.integers(4, 16)),
+    seed=st.integers(0, 2**16),
+)
+def test_pipeline_property(video_tiny_model, n, h, w, window, overlap, tile, seed) -> None:
+    """Every layout gives 2n-1 frames of exactly 4x the size, each output frame once and in
+    order; with one window and one tile it is the single pass, and tiles (overlap 16) never
+    change the result."""
+    frames = _frames(n, h, w, seed=seed)
+    pipe = build_pipeline(
+        model=video_tiny_model,
+        device="cpu",
+        window=window,
+        window_overlap=min(overlap, window - 2),
+        tile=tile,
+        tile_overlap=16,
+    )
+    indices, out = _stitched(pipe, frames)
+    assert indices == list(range(2 * n - 1))
+    assert out.shape == (2 * n - 1, 4 * h, 4 * w, 3)
+    if tile is not None:
+        untiled = build_pipeline(
+            model=video_tiny_model, device="cpu", window=window, window_overlap=pipe.plan.overlap
+        )
+        torch.testing.assert_close(out, _stitched(untiled, frames)[1], atol=1e-4, rtol=0)
+    if n <= pipe.plan.size:
+        torch.testing.assert_close(out, _one_pass(video_tiny_model, frames), atol=1e-4, rtol=0)

@@ -1,15 +1,20 @@
 """The ``zsm`` command. Each subcommand lives in its own module with
 ``register(subparsers)``; handlers parse, call the public API, and return an
 exit code. Errors a user can cause (:class:`zsm.ZSMError`) print one line and
-exit 2; ``--debug`` shows the traceback instead.
+exit 2; ``--debug`` shows the traceback instead. Ctrl-C (exit 130) and SIGTERM
+(exit 143) unwind like an exception, so every command removes its temporary files
+and leaves nothing under its output names.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from zsm import __version__
 
@@ -37,6 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that cleanup code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,17 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zsm.errors import ZSMError
 
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.func(args) or 0)
     except ZSMError as exc:
         if args.debug:
             raise
         print(f"zsm: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        print("zsm: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(exc, Terminated)
+        print(f"zsm: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

@@ -106,6 +106,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue an interrupted run from its work folder"
     )
     p.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="close a finished segment in the work folder every S seconds of work; what "
+        "--resume keeps after an interruption (default 60)",
+    )
+    p.add_argument(
         "--ext", default=".mp4", help="output container for a folder of videos (default .mp4)"
     )
     p.set_defaults(func=run)
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         fps=args.fps,
         resume=args.resume,
         max_frames=args.frames,
+        segment_seconds=args.segment_seconds,
         half=args.half,
         progress=False if args.quiet else None,
     )

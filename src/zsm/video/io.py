@@ -160,6 +160,11 @@ def probe(path: Path | str, *, fps: Fraction | float | None = None) -> VideoInfo
     with open_container(path) as container:
         if not container.streams.video:
             raise InputError(f"{path} has no video stream")
+        if _is_still_image(container):
+            raise InputError(
+                f"{path} is a still image ({container.format.name}), no video stream; "
+                "to upscale image frames, pass the folder that holds them"
+            )
         stream = container.streams.video[0]
         first = _first_frame(container, stream, path)
         orient = _frame_orientation(first)
@@ -190,6 +195,12 @@ def probe(path: Path | str, *, fps: Fraction | float | None = None) -> VideoInfo
             audio=tuple(_stream_info(s) for s in container.streams.audio),
             subtitles=tuple(_stream_info(s) for s in container.streams.subtitles),
         )
+
+
+def _is_still_image(container: av.container.InputContainer) -> bool:
+    """FFmpeg's single-image demuxers (``png_pipe``, ``jpeg_pipe``, ..., ``image2``)."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
 
 
 def _first_frame(
