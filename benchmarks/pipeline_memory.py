@@ -1,4 +1,4 @@
-"""Peak memory and speed of ``zsm upscale`` on a 1280x720 input on the CPU.
+"""Peak memory and speed of ``zsm upscale`` on a 1280x720 (or ``--size``) input on the CPU.
 
 Runs the real pipeline (decode -> windows -> tiles -> model -> stitch ->
 H.264 encode -> mux) in a child process and reports that process's peak
@@ -11,6 +11,8 @@ preset (same sizes, same cost). Not a test: it takes minutes to hours.
     python benchmarks/pipeline_memory.py --frames 13 --window 12   # one default window
     python benchmarks/pipeline_memory.py --stand-in --frames 40 --window 12
         # bicubic in place of the network: default windows, 80 frames through the encoder
+    python benchmarks/pipeline_memory.py --stand-in --size 3840x2160 --frames 2 --png
+        # a 4K input (16K output: PNG frames, beyond H.264's frame size), pipeline memory
 """
 
 from __future__ import annotations
@@ -29,23 +31,23 @@ SOURCE = Path("/work/shared/data/bigbuckbunny.mp4")
 LIMIT_GB = 6.0
 
 
-def make_input(path: Path, frames: int) -> None:
-    """The first ``frames`` frames of the sample clip at 1280x720 (or a synthetic pattern)."""
+def make_input(path: Path, frames: int, width: int = 1280, height: int = 720) -> None:
+    """The first ``frames`` frames of the sample clip at ``width x height`` (or a pattern)."""
     import av
     import numpy as np
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25, options={"crf": "18"})
-        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if SOURCE.is_file():
             with av.open(str(SOURCE)) as src:
                 for k, frame in enumerate(src.decode(video=0)):
                     if k == frames:
                         break
-                    rgb = frame.to_ndarray(format="rgb24", width=1280, height=720)
+                    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
                     out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         else:
-            yy, xx = np.mgrid[0:720, 0:1280]
+            yy, xx = np.mgrid[0:height, 0:width]
             for k in range(frames):
                 rgb = np.stack([(xx + 8 * k) % 256, yy % 256, (xx + yy) % 256], -1)
                 frame = av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")
@@ -144,9 +146,11 @@ def main() -> None:
         action="store_true",
         help="bicubic instead of the network: the pipeline's and encoder's memory alone",
     )
+    parser.add_argument("--size", default="1280x720", help="input WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--png", action="store_true", help="write PNG frames instead of H.264")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)  # str: keeps a trailing "/"
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -155,8 +159,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="zsm-bench-") as tmp:
         folder = Path(tmp)
-        src = folder / "in720p.mp4"
-        make_input(src, args.frames)
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        src = folder / "input.mp4"
+        make_input(src, args.frames, width, height)
         weights, described = weights_file(folder)
         cmd = [
             sys.executable,
@@ -167,7 +172,7 @@ def main() -> None:
             "--weights",
             weights,
             "--output",
-            str(folder / "out.mp4"),
+            f"{folder}/out/" if args.png else str(folder / "out.mp4"),
             "--window",
             str(args.window),
         ]
@@ -179,7 +184,7 @@ def main() -> None:
 
     gb = 1e9
     source = "bigbuckbunny.mp4" if SOURCE.is_file() else "synthetic"
-    print(f"input       : 1280x720, {m['input_frames']} frames ({source})")
+    print(f"input       : {width}x{height}, {m['input_frames']} frames ({source})")
     print(f"weights     : {described}" + (" -> bicubic stand-in" if args.stand_in else ""))
     print(
         f"settings    : window {args.window}, tile {m['tile'] or 'none (whole frame)'} "
