@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -255,24 +255,24 @@ def _probe_folder(path: Path, fps: Fraction) -> VideoInfo:
     )
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in natural order (``2.png`` before ``10.png``)."""
+def _list_files(folder: Path, extensions: Collection[str]) -> list[Path]:
+    """Files of ``folder`` whose extension is in ``extensions``, in natural order."""
     try:
         entries = list(folder.iterdir())
     except OSError as exc:
         raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in extensions]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of ``folder`` in natural order (``2.png`` before ``10.png``)."""
+    return _list_files(folder, IMAGE_EXTENSIONS)
 
 
 def list_videos(folder: Path) -> list[Path]:
     """Video files of ``folder`` (by extension) in natural order."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError as exc:
-        raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from exc
-    files = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
-    return sorted(files, key=lambda p: natural_key(p.name))
+    return _list_files(folder, VIDEO_EXTENSIONS)
 
 
 # --- decoding ---------------------------------------------------------------------------
