@@ -34,6 +34,8 @@ def assert_positive_report(r: dict) -> None:
     assert total["gflop_per_frame"] == pytest.approx(sum(parts))
     assert r["dense_conv"]["gflops"] > 0 and r["dense_conv"]["ms"] > 0
     assert r["output_frames"] == 2 * r["frames"] - 1
+    assert r["output_fps"] == pytest.approx(r["output_frames"] / r["whole_ms"] * 1e3)
+    assert r["precision"] == "fp32"
     if r["peak_memory_mb"] is not None:
         assert r["peak_memory_mb"] > 0
     impls = r["dcn"]["impls"]
@@ -78,6 +80,8 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["benchmark", "--dcn-backends", "nope"]) == 2
     assert "unknown DCN backend" in capsys.readouterr().err
     assert main(["benchmark", "--frames", "1"]) == 2
+    assert main(["benchmark", "--device", "cpu", "--precision", "fp16"]) == 2
+    assert "precision fp16 is for GPUs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["benchmark", "--size", "16by12"])
 
