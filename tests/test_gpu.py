@@ -93,3 +93,12 @@ def test_upscale_frames_half_on_cuda_matches_cpu() -> None:
     print(f"fp16 on CUDA vs fp32 on CPU: max {diff.max()} levels, mean {diff.mean():.3f}")
     assert diff.mean() < 0.5
     assert diff.max() <= 8
+
+
+def test_channels_last_changes_nothing_on_cuda() -> None:
+    model = _trained_like(ZSMConfig(nf=32, groups=4, front_RBs=1, back_RBs=2)).to(CUDA)
+    x = torch.rand(1, 3, 3, 40, 48, device=CUDA)
+    with precision(CUDA, None):
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x)
+    assert (out - ref).abs().max().item() < 1e-4

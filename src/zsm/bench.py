@@ -315,6 +315,7 @@ def bench_model(
     device: torch.device,
     repeats: int,
     dtype: torch.dtype | None = None,
+    channels_last: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Per-stage time, GFLOP and GFLOP/s of one forward pass, and the dense reference.
@@ -322,19 +323,23 @@ def bench_model(
     ``dtype``: autocast dtype (``None``: float32), as ``zsm upscale --half``
     runs the network; the dense reference runs under the same autocast.
     Also times the whole forward pass with no synchronisation between the
-    stages, which gives the output frames per second.
+    stages, which gives the output frames per second. ``channels_last`` stores
+    the conv weights (hence the activations they make) as NHWC.
     """
     torch.manual_seed(seed)
     width, height = size
     model = ZoomingSlowMo(config).to(device).eval()
     probe_frames = torch.rand(1, 2, 3, 32, 32, device=device)
     realistic_offsets(model, lambda: model(probe_frames))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     x = torch.rand(1, frames, 3, height, width, device=device)
     out_frames = 2 * frames - 1
     hp, wp = -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
     # The reference: a dense 3x3 conv nf -> nf at the (padded) input size, batch = frames.
-    conv = nn.Conv2d(config.nf, config.nf, 3, padding=1).to(device)
+    conv = nn.Conv2d(config.nf, config.nf, 3, padding=1).to(device, memory_format=memory_format)
     dense_in = torch.randn(frames, config.nf, hp, wp, device=device)
+    dense_in = dense_in.contiguous(memory_format=memory_format)
     dense_flops = 2.0 * dense_in.numel() * config.nf * 9
 
     if device.type == "cuda":
@@ -504,6 +509,7 @@ def run_benchmark(
     overrides: dict[str, Any] | None = None,
     malloc_tuned: bool = False,
     precision_name: str = "fp32",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Everything ``zsm benchmark`` reports, as a JSON-ready dict.
 
@@ -538,6 +544,7 @@ def run_benchmark(
         device=dev,
         repeats=repeats,
         dtype=PRECISIONS[precision_name],
+        channels_last=channels_last,
     )
     hp, wp = net["dense_conv"]["shape"][2:]
     dcn = bench_dcn(
@@ -559,6 +566,7 @@ def run_benchmark(
         "frames": frames,
         "repeats": repeats,
         "precision": precision_name,
+        "channels_last": channels_last,
         "malloc_tuned": malloc_tuned,
         "clock": "process" if _clock is time.process_time else "wall",
         "dcn_backend": backend_label(dev),
@@ -576,7 +584,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"front_RBs={c['front_RBs']}, back_RBs={c['back_RBs']}, hr_nf={c['hr_nf']})",
         f"input {r['frames']} frames {w}x{h} -> {r['output_frames']} frames {4 * w}x{4 * h}; "
         f"device {r['device']} ({r['device_name']}, {r['threads']} threads); "
-        f"DCN backend {r['dcn_backend']}; {r.get('precision', 'fp32')}; best of {r['repeats']}"
+        f"DCN backend {r['dcn_backend']}; {r.get('precision', 'fp32')}"
+        + ("; channels_last" if r.get("channels_last") else "")
+        + f"; best of {r['repeats']}"
         + ("; malloc tuned" if r.get("malloc_tuned") else "")
         + ("; CPU-time clock" if r.get("clock") == "process" else ""),
         f"dense 3x3 conv {c['nf']}->{c['nf']} on {tuple(d['shape'])}: {d['ms']:.1f} ms, "

@@ -76,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fp32 (default), or the network under fp16/bf16 autocast as `zsm upscale --half` "
         "runs it (GPU only; offsets and deformable sampling stay fp32)",
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC conv weights and activations (the dense reference too)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=run)
 
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             dcn_backends=backends,
             malloc_tuned=tuned,
             precision_name=args.precision,
+            channels_last=args.channels_last,
         )
     except ValueError as exc:
         raise ZSMError(str(exc)) from exc
