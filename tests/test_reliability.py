@@ -204,7 +204,12 @@ def test_odd_size_video(tmp_path, video_make_clip, cli) -> None:
 
 @pytest.mark.parametrize(
     "codec,pix_fmt,ext",
-    [("libx264", "yuv420p10le", "mp4"), ("ffv1", "gray", "mkv"), ("png", "rgba", "mov")],
+    [
+        ("libx264", "yuv420p10le", "mp4"),
+        ("ffv1", "gray", "mkv"),
+        ("png", "rgba", "mov"),
+        ("libvpx-vp9", "yuva420p", "webm"),
+    ],
 )
 def test_deep_gray_and_alpha_inputs_upscale(
     tmp_path, video_make_clip, cli, caplog, codec: str, pix_fmt: str, ext: str
@@ -216,8 +221,8 @@ def test_deep_gray_and_alpha_inputs_upscale(
     assert code == 0, err
     out = probe(tmp_path / "out.mp4")
     assert out.pix_fmt == "yuv420p" and len(list(iter_frames(out))) == 6
-    if pix_fmt == "rgba":
-        assert "alpha channel (rgba); it is dropped" in caplog.text
+    if pix_fmt in ("rgba", "yuva420p"):
+        assert "alpha channel" in caplog.text and "it is dropped" in caplog.text
 
 
 # --- output failures --------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def probe(path: Path | str, *, fps: Fraction | float | None = None) -> VideoInfo
             pix_fmt=src_fmt,
             orientation=orient,
             rotation=int(first.rotation),
-            has_alpha=_has_alpha(src_fmt),
+            # WebM marks VP8/VP9 alpha in metadata; FFmpeg's decoders drop the alpha plane.
+            has_alpha=_has_alpha(src_fmt) or stream.metadata.get("alpha_mode") == "1",
             duration=duration,
             start_time=float(first.time or 0.0),
             audio=tuple(_stream_info(s) for s in container.streams.audio),
