@@ -8,6 +8,20 @@ from pathlib import Path
 
 import pytest
 
+# --- shared ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: tiny tensors run far faster without thread hand-offs (2-core CI)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- video pipeline tests (test_video_io, test_pipeline, test_upscale_cli, test_demo) ----------
 
 TINY_CONFIG = dict(nf=8, groups=2, front_RBs=1, back_RBs=1, hr_nf=8, global_skip=True)
@@ -32,17 +46,6 @@ def video_tiny_weights(tmp_path_factory, video_tiny_model) -> Path:
     path = tmp_path_factory.mktemp("video-weights") / "tiny.safetensors"
     save_weights(video_tiny_model, path)
     return path
-
-
-@pytest.fixture
-def video_single_thread():
-    """One torch thread: tiny tensors run far faster without thread hand-offs (2-core CI)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def video_pattern(index: int, width: int, height: int):

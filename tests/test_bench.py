@@ -20,6 +20,8 @@ from zsm.cli import main
 from zsm.models.deform import ModulatedDeformConv2d
 from zsm.models.zsm import ZoomingSlowMo
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY = {"nf": 8, "groups": 2, "front_RBs": 0, "back_RBs": 1, "hr_nf": 8}
 CLOCK = ["--clock", "process"]
 
@@ -44,16 +46,7 @@ def assert_positive_report(r: dict) -> None:
         assert v["forward_ms"] > 0 and v["forward_gflops"] > 0 and v["backward_ms"] >= 0
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: tiny ops are dominated by waking a second one on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_run_benchmark_tiny_network(one_thread: None) -> None:
+def test_run_benchmark_tiny_network() -> None:
     r = run_benchmark(preset="compact", size=(20, 12), frames=2, repeats=1, overrides=TINY)
     assert r["config"]["nf"] == 8 and r["device"] == "cpu"
     assert_positive_report(r)
@@ -62,7 +55,7 @@ def test_run_benchmark_tiny_network(one_thread: None) -> None:
     assert all(s in text for s in STAGES) and "torchvision" in text
 
 
-def test_cli_json(capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["benchmark", "--size", "16x12", "--frames", "2", "--repeats", "1", "--json"]
     try:
         code = main([*args, "--dcn-backends", "cpu,torchvision", "--threads", "1", *CLOCK])
@@ -86,7 +79,7 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
         main(["benchmark", "--size", "16by12"])
 
 
-def test_staged_forward_is_the_model_forward(one_thread: None) -> None:
+def test_staged_forward_is_the_model_forward() -> None:
     torch.manual_seed(0)
     for global_skip in (False, True):
         model = ZoomingSlowMo.from_preset("compact", **TINY, global_skip=global_skip).eval()
@@ -97,7 +90,7 @@ def test_staged_forward_is_the_model_forward(one_thread: None) -> None:
         assert torch.equal(out, expected)
 
 
-def test_realistic_offsets_are_a_few_pixels(one_thread: None) -> None:
+def test_realistic_offsets_are_a_few_pixels() -> None:
     torch.manual_seed(0)
     model = ZoomingSlowMo.from_preset("compact", **TINY).eval()
     frames = torch.rand(1, 2, 3, 32, 32)

@@ -12,7 +12,7 @@ from zsm.demo import demo_clip
 from zsm.models import registry
 from zsm.video.io import iter_frames, probe, read_image
 
-pytestmark = pytest.mark.usefixtures("video_single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_bundled_clip() -> None:

@@ -14,7 +14,7 @@ from zsm.video.pipeline import output_frames
 from zsm.video.tiles import plan_tiles, tile_for_budget
 from zsm.video.windows import TooFewFrames, WindowPlan, iter_windows
 
-pytestmark = pytest.mark.usefixtures("video_single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _frames(n: int, h: int = 16, w: int = 24, seed: int = 0) -> list[np.ndarray]:

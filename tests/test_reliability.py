@@ -31,7 +31,7 @@ from zsm.upscale import upscale_video
 from zsm.video.encode import VideoWriter
 from zsm.video.io import iter_frames, probe, write_png
 
-pytestmark = pytest.mark.usefixtures("video_single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

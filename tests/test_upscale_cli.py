@@ -17,7 +17,7 @@ from zsm.upscale import upscale_video
 from zsm.video.io import iter_frames, list_images, probe, write_png
 from zsm.video.pipeline import Pipeline
 
-pytestmark = pytest.mark.usefixtures("video_single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture
