@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from zsm.cli.args import int_at_least
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -15,13 +17,6 @@ def _size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise argparse.ArgumentTypeError(f"width and height must be positive, got {text!r}")
     return w, h
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--size", type=_size, default=(176, 144), help="input WIDTHxHEIGHT (default: 176x144)"
     )
-    p.add_argument("--frames", type=_positive, default=3, help="input frames (default: 3)")
+    p.add_argument("--frames", type=int_at_least(1), default=3, help="input frames (default: 3)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument(
-        "--repeats", type=_positive, default=2, help="timed runs after a warm-up (default: 2)"
+        "--repeats", type=int_at_least(1), default=2, help="timed runs after a warm-up (default: 2)"
     )
     p.add_argument(
         "--dcn-backends",
@@ -52,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_positive,
+        type=int_at_least(1),
         default=None,
         help="CPU threads for torch and the DCN kernel (default: torch's choice)",
     )

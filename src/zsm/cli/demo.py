@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsm.cli.upscale import _at_least_2, add_model_options
+from zsm.cli.args import int_at_least
+from zsm.cli.upscale import add_model_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder for the demo files (default: zsm-demo)",
     )
     add_model_options(p)
-    p.add_argument("--frames", type=_at_least_2, help="use only the first N frames of the clip")
+    p.add_argument("--frames", type=int_at_least(2), help="use only the first N frames of the clip")
     p.set_defaults(func=run)
 
 

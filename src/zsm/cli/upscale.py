@@ -3,39 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from fractions import Fraction
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _at_least_2(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> Fraction:
-    try:
-        value = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a frame rate: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from zsm.cli.args import frame_rate, int_at_least
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -52,7 +22,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="where the network runs (default: auto = cuda, then mps, then cpu)",
     )
     p.add_argument("--half", action="store_true", help="float16 autocast on a GPU (ignored on CPU)")
-    p.add_argument("--threads", type=_positive, help="CPU threads for the network and encoder")
+    p.add_argument(
+        "--threads", type=int_at_least(1), help="CPU threads for the network and encoder"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -74,18 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(p)
     p.add_argument(
-        "--window", type=_at_least_2, default=12, help="input frames per temporal window (12)"
+        "--window", type=int_at_least(2), default=12, help="input frames per temporal window (12)"
     )
     p.add_argument(
         "--window-overlap",
-        type=_non_negative,
+        type=int_at_least(0),
         help="frames of context dropped at each window edge (default 2)",
     )
     p.add_argument(
-        "--tile", type=_positive, help="spatial tile size in input pixels (default: auto)"
+        "--tile", type=int_at_least(1), help="spatial tile size in input pixels (default: auto)"
     )
     p.add_argument(
-        "--tile-overlap", type=_non_negative, default=16, help="tile halo in input pixels (16)"
+        "--tile-overlap", type=int_at_least(0), default=16, help="tile halo in input pixels (16)"
     )
     p.add_argument(
         "--time-factor",
@@ -96,11 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
     p.add_argument(
-        "--crf", type=_non_negative, default=18, help="encoder quality (lower = better; 18)"
+        "--crf", type=int_at_least(0), default=18, help="encoder quality (lower = better; 18)"
     )
-    p.add_argument("--fps", type=_fraction, help="frame rate of an image-folder input (default 25)")
     p.add_argument(
-        "--frames", type=_at_least_2, help="process only the first N input frames (a preview)"
+        "--fps", type=frame_rate, help="frame rate of an image-folder input (default 25)"
+    )
+    p.add_argument(
+        "--frames", type=int_at_least(2), help="process only the first N input frames (a preview)"
     )
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its work folder"
