@@ -3,15 +3,18 @@
 #   1. the GPU tests (CUDA vs CPU, fp16/bf16 vs fp32),
 #   2. `zsm benchmark` of the official and compact presets at 176x144, fp32/fp16/bf16,
 #   3. the demo clip upscaled on the GPU (fp32 and --half), timed end to end,
-#   4. stage 2 of the zsm-compact training (configs/zsm-compact-gpu.toml), its length
-#      sized from a short probe so that it fits TRAIN_S seconds,
+#   4. stage 2 of the zsm-compact training (configs/zsm-compact-gpu.toml; CONFIG picks
+#      another, e.g. stage 3), its length sized from a short probe to fit TRAIN_S seconds,
 #   5. `zsm evaluate` of the weights stage 2 produced (EMA or raw, whichever scores
 #      higher on the validation clip) on the clips in CLIPS (a folder of videos).
 # Results go to $OUT (default /tmp/zsm-gpu): session.log, results.tar.gz, and the
 # stage-2 weights (stage2-ema.safetensors, stage2-raw.safetensors).
 #
 # Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (stage-1 weights,
-# default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CLIPS (optional),
+# default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CONFIG (the training
+# config, default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3
+# with INIT=src/zsm/weights/zsm-compact.safetensors), ITERS (a fixed length: no probe),
+# CLIPS (optional),
 # RUN (stage-2 run folder, default runs/zsm-compact-gpu), DEVICE (default cuda; cpu for a dry run of this script, fp32 only), TRAIN_ARGS (extra
 # config overrides for both training runs, e.g. a small batch for a dry run), STEPS (which
 # of tests,bench,upscale,train,eval to run; default all), BUDGET (seconds for the whole
@@ -23,6 +26,7 @@ PY=${PYTHON:-python3}
 TRAIN_S=${TRAIN_S:-220}
 INIT=${INIT:-runs/zsm-compact/checkpoints/iter_00003451/model.safetensors}
 CLIPS=${CLIPS:-}
+CONFIG=${CONFIG:-configs/zsm-compact-gpu.toml}
 DEVICE=${DEVICE:-cuda}
 PRECISIONS="fp32 fp16 bf16"
 [ "$DEVICE" = cpu ] && PRECISIONS=fp32
@@ -65,18 +69,20 @@ print(format_report(json.load(open(sys.argv[1]))))' "$R/bench-$preset-$prec.json
   done
 
   want train || return 0
-  step "stage-2 training: probe"
   TRAIN_S=$(( TRAIN_S < DEADLINE - SECONDS - 180 ? TRAIN_S : DEADLINE - SECONDS - 180 ))
   local common=(train.init="$INIT" train.progress=false train.tensorboard=false "${EXTRA[@]}")
-  timeout 180 "$PY" -m zsm train configs/zsm-compact-gpu.toml "${common[@]}" \
-    train.out_dir=/tmp/zsm-probe train.iterations=60 train.val_every=0
-  local n
-  n=$("$PY" -c 'import json, sys
+  local n=${ITERS:-}
+  if [ -z "$n" ]; then
+    step "training ($CONFIG): probe"
+    timeout 180 "$PY" -m zsm train "$CONFIG" "${common[@]}" \
+      train.out_dir=/tmp/zsm-probe train.iterations=40 train.val_every=0 train.log_every=20
+    n=$("$PY" -c 'import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 s_it = [r["s_it"] for r in rows if "s_it" in r][-1]
-print(max(200, int(float(sys.argv[2]) / s_it) // 200 * 200))' /tmp/zsm-probe/log.jsonl "$TRAIN_S")
-  step "stage-2 training: $n iterations"
-  timeout -s INT $((TRAIN_S * 3 / 2)) "$PY" -m zsm train configs/zsm-compact-gpu.toml "${common[@]}" \
+print(max(100, int(float(sys.argv[2]) / s_it) // 100 * 100))' /tmp/zsm-probe/log.jsonl "$TRAIN_S")
+  fi
+  step "training ($CONFIG): $n iterations"
+  timeout -s INT $((TRAIN_S * 3 / 2)) "$PY" -m zsm train "$CONFIG" "${common[@]}" \
     train.out_dir="$RUN" train.iterations="$n" "schedule.periods=[$n]" train.val_every=$((n / 2))
   cp "$RUN/log.jsonl" "$R/stage2-log.jsonl"
   # The last checkpoint (the end of the run, or where the time limit stopped it).

@@ -7,11 +7,14 @@
 #                                  colour photos bundled with scikit-image and
 #                                  the photographic wallpapers of Debian's
 #                                  lomiri-wallpapers-20.04 package
+#   DEST/val-photos/*              other scikit-image photos (camera, hubble_deep_field,
+#                                  ihc, moon), never trained on: synthetic fast motion
+#                                  for validation (configs/zsm-compact-motion.toml)
 # The public test clips (carphone, bikes) are never fetched here: they are
 # evaluation data only.
 set -euo pipefail
 dest=${1:-data/train}
-mkdir -p "$dest/photos"
+mkdir -p "$dest/photos" "$dest/val-photos"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -26,7 +29,7 @@ pathlib.Path(sys.argv[2], "bigbuckbunny.mp4").write_bytes(data)
 PY
 fi
 
-python - "$dest/photos" <<'PY'
+python - "$dest/photos" "$dest/val-photos" <<'PY'
 import sys, pathlib, shutil
 import skimage
 src = pathlib.Path(skimage.__file__).parent / "data"
@@ -34,6 +37,9 @@ for name in ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorc
              "motorcycle_right.png", "brick.png", "grass.png", "gravel.png", "color.png"]:
     if (src / name).exists():
         shutil.copy(src / name, pathlib.Path(sys.argv[1], f"skimage-{name}"))
+for name in ["camera.png", "hubble_deep_field.jpg", "ihc.png", "moon.png"]:
+    if (src / name).exists():
+        shutil.copy(src / name, pathlib.Path(sys.argv[2], f"skimage-{name}"))
 PY
 
 if command -v apt-get >/dev/null; then
@@ -46,4 +52,5 @@ if command -v apt-get >/dev/null; then
     cp "$f" "$dest/photos/lomiri-$(basename "$f")"
   done
 fi
-echo "training data in $dest: bigbuckbunny.mp4, $(ls "$dest/photos" | wc -l) photo(s)"
+echo "training data in $dest: bigbuckbunny.mp4, $(ls "$dest/photos" | wc -l) photo(s)," \
+  "$(ls "$dest/val-photos" | wc -l) validation photo(s)"

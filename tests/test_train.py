@@ -296,6 +296,20 @@ def test_two_stage_curriculum_freezes_and_reloads(vimeo: Path, tmp_path: Path) -
     train(TrainConfig.from_dict(stage2), stop_after=0)
     first = load_checkpoint(latest_checkpoint(tmp_path / "s2"))  # type: ignore[arg-type]
     assert_same_tensors(first.model, after)  # iteration 0 = the stage-1 weights
+    # The starting point is validated once, so that stage 2 can be judged against it.
+    from zsm.models.weights import model_from_file
+    from zsm.training.build import build_validation
+    from zsm.training.validate import validate
+
+    start = [e for e in read_log(tmp_path / "s2") if "val_psnr_y_init" in e]
+    cfg2 = TrainConfig.from_dict(stage2)
+    expected, _ = validate(
+        model_from_file(stage1.weights),
+        build_validation(cfg2.data, seed=cfg2.train.seed),
+        device=torch.device("cpu"),
+    )
+    assert [e["iter"] for e in start] == [0]
+    assert start[0]["val_psnr_y_init"] == pytest.approx(expected, abs=1e-6)
     data["train"]["freeze"] = ["no_such_module"]
     with pytest.raises(ConfigError, match="no parameters under 'no_such_module'"):
         train(TrainConfig.from_dict({**data, "train": {**data["train"], "out_dir": "x"}}))
@@ -336,6 +350,17 @@ def test_every_source_kind_builds_from_config(vimeo: Path, tmp_path: Path) -> No
         assert lr.shape == (4, 3, 4, 4) and hr.shape == (7, 3, 16, 16)
     clips = build_validation(config.data, seed=0)
     assert [tuple(hr.shape) for _, hr in clips] == [(7, 3, 16, 16)] * 2  # 2 windows exist
+    # A [[data.val]] list: a held-out video and synthetic motion, scored together.
+    synthetic = {"kind": "synthetic", "photos": ".", "size": 4, "max_speed": 3.0, "crop": 12}
+    data["val"] = [data["val"], {**synthetic, "windows": 2}]
+    listed = build_validation(TrainConfig.from_dict({"data": data}).data, seed=0)
+    assert [tuple(hr.shape) for _, hr in listed] == [(7, 3, 16, 16)] * 2 + [(7, 3, 12, 12)] * 2
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(clips, listed[:2], strict=False))
+    again = build_validation(TrainConfig.from_dict({"data": data}).data, seed=0)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(listed, again, strict=True))
+    with pytest.raises(ConfigError, match=r"data.val\[1\]: crop must be a multiple of 4"):
+        data["val"][1] = {**synthetic, "crop": 10}
+        build_validation(TrainConfig.from_dict({"data": data}).data, seed=0)
     with pytest.raises(ConfigError, match=r"unknown keys \['fps'\]"):
         data["train"] = [{"kind": "videos", "path": "v.mp4", "fps": 3}]
         build_training_set(TrainConfig.from_dict({"data": data}).data)

@@ -13,7 +13,8 @@ A source table has a ``kind`` and that kind's options:
 
 Validation tables take the same keys plus ``crop`` (side of the HR centre
 crop, 0 = whole frame) and ``windows`` (how many 7-frame windows, evenly
-spread over the source, are scored).
+spread over the source, are scored). ``[[data.val]]`` lists several (e.g. a
+held-out video and synthetic fast motion): their windows are scored together.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from zsm.data.datasets import (
 from zsm.data.degrade import make_lr_clip
 from zsm.data.pairs import DegradeConfig, TrainingPairs, clip_to_tensor
 from zsm.data.synthetic import MotionConfig, SyntheticMotion, load_photos
-from zsm.training.config import ConfigError, DataSection
+from zsm.training.config import ConfigError, DataSection, val_tables
 from zsm.training.validate import ValidationClip
 
 
@@ -130,25 +131,26 @@ def build_training_set(data: DataSection) -> TrainingPairs:
 
 def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
     """The held-out clips scored during training: fixed windows, centre-cropped, degraded."""
-    if not data.val:
-        return []
-    spec = dict(data.val)
-    crop = int(spec.pop("crop", 0))
-    count = int(spec.pop("windows", 1))
-    if crop % 4 or crop < 0 or count < 1:
-        raise ConfigError(
-            f"data.val: crop must be a multiple of 4 and windows >= 1 ({crop}, {count})"
-        )
-    source = build_source(
-        spec, root=Path(data.root).expanduser(), frame_size=crop or 128, where="data.val"
-    )
-    picks = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
-    clips = []
-    for i in picks:
-        frames = source.clip(int(i), np.random.default_rng([seed, int(i), 0x7A1]))
-        hr = clip_to_tensor(_centre_crop(frames, crop))
-        lr, hr = make_lr_clip(hr)
-        clips.append((lr.float(), hr))
+    clips: list[ValidationClip] = []
+    for n, table in enumerate(val_tables(data)):
+        spec = dict(table)
+        crop = int(spec.pop("crop", 0))
+        count = int(spec.pop("windows", 1))
+        where = f"data.val[{n}]" if isinstance(data.val, list) else "data.val"
+        if crop % 4 or crop < 0 or count < 1:
+            raise ConfigError(
+                f"{where}: crop must be a multiple of 4 and windows >= 1 ({crop}, {count})"
+            )
+        root = Path(data.root).expanduser()
+        source = build_source(spec, root=root, frame_size=crop or 128, where=where)
+        picks = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
+        for i in picks:
+            # The first table keeps the seeds it had when only one table was allowed.
+            key = [seed, int(i), 0x7A1] if n == 0 else [seed, int(i), 0x7A1, n]
+            frames = source.clip(int(i), np.random.default_rng(key))
+            hr = clip_to_tensor(_centre_crop(frames, crop))
+            lr, hr = make_lr_clip(hr)
+            clips.append((lr.float(), hr))
     return clips
 
 

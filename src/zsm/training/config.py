@@ -55,15 +55,16 @@ class DataSection:
 
     ``train`` is a list of source tables (``kind`` = ``vimeo``, ``frames``
     (Vid4-style folders), ``videos`` or ``synthetic``; see
-    :func:`zsm.training.build.build_source`); ``val`` one such table plus
-    ``crop`` (HR centre crop, 0 = whole frame) and ``windows`` (how many
-    7-frame windows to score). Relative paths resolve against ``root``,
-    which itself resolves against the current directory.
+    :func:`zsm.training.build.build_source`); ``val`` one such table (or a
+    list of them, ``[[data.val]]``, scored together) plus ``crop`` (HR centre
+    crop, 0 = whole frame) and ``windows`` (how many 7-frame windows to score).
+    Relative paths resolve against ``root``, which itself resolves against the
+    current directory.
     """
 
     root: str = "."
     train: list[dict[str, Any]] = field(default_factory=list)
-    val: dict[str, Any] | None = None
+    val: dict[str, Any] | list[dict[str, Any]] | None = None
     batch_size: int = 16  # global: split evenly over the processes
     lr_patch: int = 32
     clip_frames: int = 7  # HR frames per training clip (odd): (clip_frames + 1) / 2 LR inputs
@@ -227,9 +228,16 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    for i, source in enumerate([*d.train, *([d.val] if d.val else [])]):
+    for i, source in enumerate([*d.train, *val_tables(d)]):
         if not isinstance(source, dict) or "kind" not in source:
             raise ConfigError(f"data source #{i} needs a 'kind' key, got {source!r}")
+
+
+def val_tables(data: DataSection) -> list[dict[str, Any]]:
+    """The validation source tables: none, one ``[data.val]`` or a ``[[data.val]]`` list."""
+    if not data.val:
+        return []
+    return list(data.val) if isinstance(data.val, list) else [data.val]
 
 
 # --- files and overrides --------------------------------------------------------------

@@ -295,7 +295,12 @@ class Trainer:
             )
             (self.run_dir / "config.json").write_text(cfg.to_json() + "\n")
             if not resume and val_clips:
-                log.scalars(0, val_psnr_y_bicubic=bicubic_psnr_y(val_clips))
+                start_scores = {"val_psnr_y_bicubic": bicubic_psnr_y(val_clips)}
+                if t.init:  # the starting point, so that a fine-tune can be judged against it
+                    start_scores["val_psnr_y_init"], _ = validate(
+                        s.model, val_clips, device=d.device, amp_dtype=s.amp_dtype
+                    )
+                log.scalars(0, **start_scores)
 
         progress = _progress(start, t.iterations, enabled=t.progress and d.is_main)
         stopped: str | None = None
