@@ -3,9 +3,13 @@
 #   stage 1: configs/zsm-compact.toml for 3,451 iterations (sized for a 2-core CPU),
 #   stage 2: configs/zsm-compact-gpu.toml, 600 iterations from stage 1's raw weights
 #            (batch 32, LR patch 32: minutes on a GPU, hours on a CPU),
-# and writes the raw stage-2 weights as float16 to runs/zsm-compact.safetensors.
+#   stage 3: configs/zsm-compact-motion.toml, 900 iterations of faster motion on larger
+#            patches (LR 48), from stage 2's raw weights in float16,
+#   stage 4: the same config with faster motion still and a lower learning rate, 560
+#            iterations from stage 3's raw weights in float16,
+# and writes the raw stage-4 weights as float16 to runs/zsm-compact.safetensors.
 # Safe to re-run after an interruption (Ctrl-C saves a checkpoint): each stage resumes.
-# Extra arguments are config overrides for both stages, e.g. train.threads=2 or
+# Extra arguments are config overrides for every stage, e.g. train.threads=2 or
 # train.device=cuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +24,26 @@ stage() {
   zsm train "$config" "$@" "${resume[@]}"
 }
 
-stage configs/zsm-compact.toml runs/zsm-compact train.iterations=3451 "$@"
-stage configs/zsm-compact-gpu.toml runs/zsm-compact-gpu "$@"
-python - <<'PY'
+# half RUN ITERATION OUT: the raw weights of RUN at ITERATION, as float16, to OUT.
+half() {
+  python - "$1/checkpoints/iter_$(printf %08d "$2")/model.safetensors" "$3" <<'PY'
+import sys
+
 import torch
 
 from zsm.models.weights import model_from_file, save_weights
 
-model = model_from_file("runs/zsm-compact-gpu/checkpoints/iter_00000600/model.safetensors")
-out = save_weights(model, "runs/zsm-compact.safetensors", dtype=torch.float16)
-print(f"zsm-compact weights: {out}")
+print(f"float16 weights: {save_weights(model_from_file(sys.argv[1]), sys.argv[2], dtype=torch.float16)}")
 PY
+}
+
+stage configs/zsm-compact.toml runs/zsm-compact train.iterations=3451 "$@"
+stage configs/zsm-compact-gpu.toml runs/zsm-compact-gpu "$@"
+half runs/zsm-compact-gpu 600 runs/zsm-compact-stage2.safetensors
+stage configs/zsm-compact-motion.toml runs/zsm-compact-motion "$@"
+half runs/zsm-compact-motion 900 runs/zsm-compact-stage3.safetensors
+stage configs/zsm-compact-motion.toml runs/zsm-compact-motion2 \
+  train.init=runs/zsm-compact-stage3.safetensors train.out_dir=runs/zsm-compact-motion2 \
+  data.train.1.max_speed=32.0 data.train.1.occluder_speed=28.0 optim.lr=1e-4 \
+  train.iterations=560 "schedule.periods=[560]" train.val_every=280 "$@"
+half runs/zsm-compact-motion2 560 runs/zsm-compact.safetensors
