@@ -95,6 +95,10 @@ def child(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from zsm.bench import tune_malloc
+
+        tune_malloc()
     model = load_model(args.weights, device="cpu")
     if args.stand_in:
         model = BicubicStandIn(model.config)
@@ -142,6 +146,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, help="tile size (default: automatic)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument(
+        "--tune-malloc", action="store_true", help="zsm.bench.tune_malloc() in the child first"
+    )
+    parser.add_argument(
         "--stand-in",
         action="store_true",
         help="bicubic instead of the network: the pipeline's and encoder's memory alone",
@@ -179,6 +186,7 @@ def main() -> None:
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--tile", str(args.tile)] if args.tile else []
         cmd += ["--stand-in"] if args.stand_in else []
+        cmd += ["--tune-malloc"] if args.tune_malloc else []
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         m = json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -132,3 +132,52 @@ def test_official_forward_vector_through_convert_weights(tmp_path: Path) -> None
         out = model(x.float())
     assert out.shape == expected.shape
     assert (out.double() - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize(("n", "h", "w"), [(2, 7, 9), (3, 16, 5), (1, 30, 11)])
+def test_banded_hr_tail_equals_whole_frames(n: int, h: int, w: int) -> None:
+    """On the CPU without autograd the HR tail runs in bands of rows: same frames."""
+    from zsm.models.reconstruct import Reconstructor
+
+    torch.manual_seed(0)
+    rec = Reconstructor(nf=8, back_RBs=1, hr_nf=8).eval()
+    for p in rec.parameters():  # not the near-identity init: every conv must matter
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(n, 8, h, w)
+    rec.band_bytes = 0
+    with torch.no_grad():
+        whole = rec(x)
+    assert whole.shape == (n, 3, 4 * h, 4 * w)
+    for band_bytes in (1, 8 * 4 * 8 * 2 * w * 12):  # 8 rows (the least) and 12 rows a band
+        rec.band_bytes = band_bytes
+        assert rec._band_rows(torch.empty(1, 8, 2 * h, 2 * w)) in (8, 12)
+        with torch.no_grad():
+            banded = rec(x)
+        assert banded.is_contiguous()
+        torch.testing.assert_close(banded, whole, rtol=1e-5, atol=1e-5)  # float rounding
+    # With autograd (training) it runs whole frames: the same numbers, a graph to the input.
+    y = rec(x.requires_grad_())
+    torch.testing.assert_close(y.detach(), whole, rtol=1e-5, atol=1e-5)
+    assert y.grad_fn is not None
+
+
+def test_offset_mask_conv_padding_changes_nothing() -> None:
+    """The offset conv pads its outputs to a multiple of 32 on the CPU: same values, grads."""
+    from torch.nn import functional as F
+
+    from zsm.models.deform import OffsetMaskConv2d
+
+    torch.manual_seed(0)
+    conv = OffsetMaskConv2d(8, 27, 3, padding=1)  # 27 = 3 * 1 group * 9: padded to 32
+    x = torch.randn(2, 8, 10, 12, requires_grad=True)
+    y = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert y.shape == ref.shape == (2, 27, 10, 12)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (conv.weight, conv.bias, x), g)
+    want = torch.autograd.grad(ref, (conv.weight, conv.bias, x), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    assert conv.weight.shape == (27, 8, 3, 3)

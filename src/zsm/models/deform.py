@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
 DeformFn = Callable[
@@ -135,6 +136,27 @@ def _torchvision(
 register_backend("torchvision", _torchvision, devices=("cpu", "cuda"), priority=0)
 
 
+class OffsetMaskConv2d(nn.Conv2d):
+    """The conv that predicts offsets and mask: ``nn.Conv2d``, faster on the CPU.
+
+    It has ``3 * G * k * k`` outputs (108 for 4 groups), a count oneDNN's CPU
+    kernels handle poorly: measured on an AVX-512 core, 108 outputs took longer
+    than 128 (42.3 vs 36.0 ms, at (2, 32, 144, 176)). On the CPU the weight is
+    zero-padded to a multiple of 32 outputs and the result is the view of the
+    real channels: the same numbers, the same parameters and state dict.
+    """
+
+    PAD_TO = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extra = -self.out_channels % self.PAD_TO
+        if not extra or x.device.type != "cpu":
+            return super().forward(x)
+        weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, extra))
+        bias = F.pad(self.bias, (0, extra)) if self.bias is not None else None
+        return self._conv_forward(x, weight, bias)[:, : self.out_channels]
+
+
 class ModulatedDeformConv2d(nn.Module):
     """DCNv2 "pack": a deformable conv whose offsets and mask come from a separate feature.
 
@@ -163,7 +185,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.offset_groups = offset_groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.offset_mask = nn.Conv2d(
+        self.offset_mask = OffsetMaskConv2d(
             offset_in_channels or in_channels,
             3 * offset_groups * kernel_size * kernel_size,
             kernel_size,

@@ -287,9 +287,9 @@ static void tile_base(Tile *t, i64 p0, i64 n, i64 Wo, i64 pad) {
    torchvision does: a corner outside the image gets weight 0 (and v = 0) and
    an offset clamped into the image; NaN or infinite positions get weight 0
    everywhere.  Offsets are for one group's image, (H, W, C) with C = Cg. */
-static void tile_corners(Tile *restrict t, i64 n, const float *restrict oy,
-                         const float *restrict ox, const float *restrict mk, float fi, float fj,
-                         i64 H, i64 W, i64 C) {
+static inline __attribute__((always_inline)) void
+tile_corners(Tile *restrict t, i64 n, const float *restrict oy, const float *restrict ox,
+             const float *restrict mk, float fi, float fj, i64 H, i64 W, i64 C, const int full) {
     const float hm1 = (float)(H - 1), wm1 = (float)(W - 1);
     const i32 Wi = (i32)W, Ci = (i32)C;
     for (i64 p = 0; p < n; ++p) {
@@ -316,6 +316,7 @@ static void tile_corners(Tile *restrict t, i64 n, const float *restrict oy,
         t->w[1][p] = (vy0 & vx1) ? m * (hy * lx) : 0.0f;
         t->w[2][p] = (vy1 & vx0) ? m * (ly * hx) : 0.0f;
         t->w[3][p] = (vy1 & vx1) ? m * (ly * lx) : 0.0f;
+        if (!full) continue; /* the rest is for the backward pass */
         t->v[0][p] = (vy0 & vx0) ? 1.0f : 0.0f;
         t->v[1][p] = (vy0 & vx1) ? 1.0f : 0.0f;
         t->v[2][p] = (vy1 & vx0) ? 1.0f : 0.0f;
@@ -351,7 +352,7 @@ void zsm_dcn_im2col(const float *x, const float *offset, const float *mask, floa
                 for (i64 j = 0; j < kw; ++j) {
                     const i64 ch = g * KK + i * kw + j;
                     tile_corners(&tl, n, ob + 2 * ch * HWo, ob + (2 * ch + 1) * HWo,
-                                 mb + ch * HWo, (float)i, (float)j, H, W, Cg);
+                                 mb + ch * HWo, (float)i, (float)j, H, W, Cg, 0);
                     float *o = cb + ch * Cg;
                     if (Cg == 8) { /* the common case: a row is one AVX register */
                         for (i64 p = 0; p < n; ++p, o += K)
@@ -509,7 +510,7 @@ static void col2im_part(const float *x, const float *offset, const float *mask,
                         const float *mk = mb + ch * HWo + p0;
                         tile_corners(&tl, n, ob + 2 * ch * HWo + p0,
                                      ob + (2 * ch + 1) * HWo + p0, mk, (float)i, (float)j, H, W,
-                                     Cg);
+                                     Cg, 1);
                         tile_backward(&tl, n, gq + k * Cg, K, Cg, xg, gxg, need_s);
                         if (!need_s) continue;
                         tile_offset_grads(&tl, n, mk, gys, gxs, gms);

@@ -53,7 +53,7 @@ class AlignLevel(nn.Module):
             off = lrelu_(self.offset_out(off))
             return off, self.dcn(p, off)
         coarse_off, coarse_fea = coarser
-        off = lrelu_(self.offset_merge(torch.cat((off, 2 * up2(coarse_off)), dim=1)))
+        off = lrelu_(self.offset_merge(torch.cat((off, up2(coarse_off).mul_(2)), dim=1)))
         off = lrelu_(self.offset_out(off))
         fea = self.fuse(torch.cat((self.dcn(p, off), up2(coarse_fea)), dim=1))
         return off, fea
