@@ -107,6 +107,21 @@ def test_tile_for_budget() -> None:
     assert 12 * 20e3 * (side + 32) ** 2 <= 2e9
 
 
+def test_memory_estimate_follows_the_banded_tail() -> None:
+    """On the CPU the HR tail runs in bands: the estimate per pixel is smaller there."""
+    import zsm
+    from zsm.video.pipeline import bytes_per_pixel_frame
+
+    model = zsm.ZoomingSlowMo.from_preset("compact")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    banded, whole = bytes_per_pixel_frame(model, cpu), bytes_per_pixel_frame(model, gpu)
+    # measured peak RSS growth per LR pixel-frame: 4.2-5.0 KB banded, 9.4-11.4 KB whole
+    assert 1.5 * 5.0e3 <= banded < whole and whole >= 1.5 * 11.4e3  # margins over them
+    model.reconstruct.band_bytes = 0  # bands off: the whole-frame estimate on the CPU too
+    assert bytes_per_pixel_frame(model, cpu) == whole
+    assert bytes_per_pixel_frame(model) == whole  # device unknown: the larger one
+
+
 # --- stitching equals one pass ------------------------------------------------------------
 
 
