@@ -13,7 +13,8 @@
 # Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (stage-1 weights,
 # default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CONFIG (the training
 # config, default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3
-# with INIT=src/zsm/weights/zsm-compact.safetensors), ITERS (a fixed length: no probe),
+# with INIT=runs/zsm-compact-stage2.safetensors, see scripts/train_zsm_compact.sh), ITERS
+# (a fixed length: no probe),
 # CLIPS (optional),
 # RUN (stage-2 run folder, default runs/zsm-compact-gpu), DEVICE (default cuda; cpu for a dry run of this script, fp32 only), TRAIN_ARGS (extra
 # config overrides for both training runs, e.g. a small batch for a dry run), STEPS (which
