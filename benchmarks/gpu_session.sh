@@ -5,10 +5,10 @@
 #   3. the demo clip upscaled on the GPU (fp32 and --half), timed end to end,
 #   4. stage 2 of the zsm-compact training (configs/zsm-compact-gpu.toml; CONFIG picks
 #      another, e.g. stage 3), its length sized from a short probe to fit TRAIN_S seconds,
-#   5. `zsm evaluate` of the weights stage 2 produced (EMA or raw, whichever scores
+#   5. `zsm evaluate` of the weights that training produced (EMA or raw, whichever scores
 #      higher on the validation clip) on the clips in CLIPS (a folder of videos).
 # Results go to $OUT (default /tmp/zsm-gpu): session.log, results.tar.gz, and the
-# stage-2 weights (stage2-ema.safetensors, stage2-raw.safetensors).
+# trained weights, named after the config (e.g. zsm-compact-gpu-ema.safetensors, -raw).
 #
 # Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (stage-1 weights,
 # default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CONFIG (the training
@@ -28,6 +28,7 @@ TRAIN_S=${TRAIN_S:-220}
 INIT=${INIT:-runs/zsm-compact/checkpoints/iter_00003451/model.safetensors}
 CLIPS=${CLIPS:-}
 CONFIG=${CONFIG:-configs/zsm-compact-gpu.toml}
+TAG=$(basename "$CONFIG" .toml)
 DEVICE=${DEVICE:-cuda}
 PRECISIONS="fp32 fp16 bf16"
 [ "$DEVICE" = cpu ] && PRECISIONS=fp32
@@ -85,13 +86,13 @@ print(max(100, int(float(sys.argv[2]) / s_it) // 100 * 100))' /tmp/zsm-probe/log
   step "training ($CONFIG): $n iterations"
   timeout -s INT $((TRAIN_S * 3 / 2)) "$PY" -m zsm train "$CONFIG" "${common[@]}" \
     train.out_dir="$RUN" train.iterations="$n" "schedule.periods=[$n]" train.val_every=$((n / 2))
-  cp "$RUN/log.jsonl" "$R/stage2-log.jsonl"
+  cp "$RUN/log.jsonl" "$R/$TAG-log.jsonl"
   # The last checkpoint (the end of the run, or where the time limit stopped it).
   local last
   last=$RUN/checkpoints/$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' \
     "$RUN/checkpoints/latest.json")
-  cp "$last/ema.safetensors" "$OUT/stage2-ema.safetensors"
-  cp "$last/model.safetensors" "$OUT/stage2-raw.safetensors"
+  cp "$last/ema.safetensors" "$OUT/$TAG-ema.safetensors"
+  cp "$last/model.safetensors" "$OUT/$TAG-raw.safetensors"
 
   want eval && [ -n "$CLIPS" ] || return 0
   local pick
@@ -102,7 +103,7 @@ print("ema" if row["val_psnr_y_ema"] >= row["val_psnr_y"] else "raw", row)' "$RU
   echo "validation picks: $pick"
   for clip in "$CLIPS"/*; do
     step "evaluate $(basename "$clip")"
-    timeout 240 "$PY" -m zsm evaluate "$clip" --weights "$OUT/stage2-${pick%% *}.safetensors" \
+    timeout 240 "$PY" -m zsm evaluate "$clip" --weights "$OUT/$TAG-${pick%% *}.safetensors" \
       --device "$DEVICE" --no-progress -o "$R/eval-$(basename "${clip%.*}")"
   done
 }
