@@ -162,10 +162,11 @@ class _ConvFlops:
             if isinstance(module, nn.Conv2d | ModulatedDeformConv2d):
                 self._handles.append(module.register_forward_hook(self._hook))
 
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            macs = output.numel() * (module.in_channels // module.groups) * kh * kw
+            parts = output if isinstance(output, tuple) else (output,)  # offsets, mask logits
+            macs = sum(o.numel() for o in parts) * (module.in_channels // module.groups) * kh * kw
         else:  # deformable: the dense conv of the same shape (its offset conv hooks itself)
             weight = module.weight
             macs = output.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
@@ -201,10 +202,9 @@ def realistic_offsets(
             conv.bias.copy_((0.5 * torch.randn(conv.bias.shape, generator=gen)).to(conv.bias))
     spread: dict[ModulatedDeformConv2d, float] = {}
 
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         dcn = owner[module]
-        n_off = 2 * output.shape[1] // 3
-        spread[dcn] = max(spread.get(dcn, 0.0), output[:, :n_off].float().std().item())
+        spread[dcn] = max(spread.get(dcn, 0.0), output[0].float().std().item())  # the offsets
 
     owner = {dcn.offset_mask: dcn for dcn in dcns}
     handles = [dcn.offset_mask.register_forward_hook(hook) for dcn in dcns]
