@@ -10,11 +10,10 @@
 # Results go to $OUT (default /tmp/zsm-gpu): session.log, results.tar.gz, and the
 # trained weights, named after the config (e.g. zsm-compact-gpu-ema.safetensors, -raw).
 #
-# Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (stage-1 weights,
-# default the stage-1 checkpoint of scripts/train_zsm_compact.sh), CONFIG (the training
-# config, default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3
-# with INIT=runs/zsm-compact-stage2.safetensors, see scripts/train_zsm_compact.sh), ITERS
-# (a fixed length: no probe),
+# Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (the starting weights,
+# default the config's train.init), CONFIG (the training
+# config, default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3;
+# see scripts/train_zsm_compact.sh), ITERS (a fixed length: no probe),
 # CLIPS (optional),
 # RUN (stage-2 run folder, default runs/zsm-compact-gpu), DEVICE (default cuda; cpu for a dry run of this script, fp32 only), TRAIN_ARGS (extra
 # config overrides for both training runs, e.g. a small batch for a dry run), STEPS (which
@@ -25,7 +24,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/zsm-gpu}
 PY=${PYTHON:-python3}
 TRAIN_S=${TRAIN_S:-220}
-INIT=${INIT:-runs/zsm-compact/checkpoints/iter_00003451/model.safetensors}
+INIT=${INIT:-}
 CLIPS=${CLIPS:-}
 CONFIG=${CONFIG:-configs/zsm-compact-gpu.toml}
 TAG=$(basename "$CONFIG" .toml)
@@ -72,7 +71,7 @@ print(format_report(json.load(open(sys.argv[1]))))' "$R/bench-$preset-$prec.json
 
   want train || return 0
   TRAIN_S=$(( TRAIN_S < DEADLINE - SECONDS - 180 ? TRAIN_S : DEADLINE - SECONDS - 180 ))
-  local common=(train.init="$INIT" train.progress=false train.tensorboard=false "${EXTRA[@]}")
+  local common=(${INIT:+train.init="$INIT"} train.progress=false train.tensorboard=false "${EXTRA[@]}")
   local n=${ITERS:-}
   if [ -z "$n" ]; then
     step "training ($CONFIG): probe"
