@@ -10,15 +10,15 @@
 # Results go to $OUT (default /tmp/zsm-gpu): session.log, results.tar.gz, and the
 # trained weights, named after the config (e.g. zsm-compact-gpu-ema.safetensors, -raw).
 #
-# Environment: PYTHON (default python3), TRAIN_S (default 220), INIT (the starting weights,
-# default the config's train.init), CONFIG (the training
-# config, default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3;
-# see scripts/train_zsm_compact.sh), ITERS (a fixed length: no probe),
-# CLIPS (optional),
-# RUN (stage-2 run folder, default runs/zsm-compact-gpu), DEVICE (default cuda; cpu for a dry run of this script, fp32 only), TRAIN_ARGS (extra
-# config overrides for both training runs, e.g. a small batch for a dry run), STEPS (which
-# of tests,bench,upscale,train,eval to run; default all), BUDGET (seconds for the whole
-# session: the training is shortened to end ~2 minutes before it).
+# Environment: PYTHON (default python3), TRAIN_S (default 220), CONFIG (the training config,
+# default configs/zsm-compact-gpu.toml; configs/zsm-compact-motion.toml is stage 3, see
+# scripts/train_zsm_compact.sh), INIT (the starting weights, default the config's
+# train.init), ITERS (a fixed length: no probe), RUN (the run folder, default
+# runs/<config file name>), CLIPS (optional), DEVICE (default cuda; cpu for a dry run of
+# this script, fp32 only), TRAIN_ARGS (extra config overrides for both training runs, e.g. a
+# small batch for a dry run), STEPS (which of tests,bench,upscale,train,eval to run; default
+# all), BUDGET (seconds for the whole session: the training is shortened to end ~2 minutes
+# before it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/zsm-gpu}
@@ -36,7 +36,7 @@ STEPS=${STEPS:-tests,bench,upscale,train,eval}
 DEADLINE=$((SECONDS + ${BUDGET:-100000}))
 TIMEFORMAT="%R s wall"
 R=$OUT/results
-RUN=${RUN:-runs/zsm-compact-gpu}
+RUN=${RUN:-runs/$TAG}
 mkdir -p "$R"
 export PYTHONUNBUFFERED=1
 
@@ -88,8 +88,9 @@ print(max(100, int(float(sys.argv[2]) / s_it) // 100 * 100))' /tmp/zsm-probe/log
   cp "$RUN/log.jsonl" "$R/$TAG-log.jsonl"
   # The last checkpoint (the end of the run, or where the time limit stopped it).
   local last
-  last=$RUN/checkpoints/$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' \
-    "$RUN/checkpoints/latest.json")
+  last=$("$PY" -c 'import sys; from pathlib import Path
+from zsm.training.checkpoint import latest_checkpoint; print(latest_checkpoint(Path(sys.argv[1])))' \
+    "$RUN")
   cp "$last/ema.safetensors" "$OUT/$TAG-ema.safetensors"
   cp "$last/model.safetensors" "$OUT/$TAG-raw.safetensors"
 

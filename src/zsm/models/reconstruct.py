@@ -47,7 +47,7 @@ class Reconstructor(nn.Module):
         x = self.trunk(x.contiguous(memory_format=torch.channels_last))
         x = lrelu_(F.pixel_shuffle(self.up1(x), 2))
         rows = self._band_rows(x)
-        if rows >= x.shape[-2] or torch.is_grad_enabled() or x.device.type != "cpu":
+        if rows >= x.shape[-2] or torch.is_grad_enabled() or not self.banded_on(x.device):
             x = lrelu_(F.pixel_shuffle(self.up2(x), 2))
             return self.out_conv(lrelu_(self.hr_conv(x))).contiguous()
         n, _, h, w = x.shape
@@ -57,6 +57,10 @@ class Reconstructor(nn.Module):
                 r1 = min(r0 + rows, h)
                 out[i : i + 1, :, 2 * r0 : 2 * r1] = self._band(x[i : i + 1], r0, r1)
         return out
+
+    def banded_on(self, device: torch.device) -> bool:
+        """Whether inference on ``device`` runs the HR tail in bands (the CPU, bands on)."""
+        return self.band_bytes > 0 and device.type == "cpu"
 
     def _band_rows(self, x: torch.Tensor) -> int:
         """Rows of ``x`` (the x2 level) per band: ``up2``'s output row is the largest."""

@@ -132,6 +132,7 @@ def build_training_set(data: DataSection) -> TrainingPairs:
 def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
     """The held-out clips scored during training: fixed windows, centre-cropped, degraded."""
     clips: list[ValidationClip] = []
+    root = Path(data.root).expanduser()
     for n, table in enumerate(val_tables(data)):
         spec = dict(table)
         crop = int(spec.pop("crop", 0))
@@ -141,7 +142,6 @@ def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
             raise ConfigError(
                 f"{where}: crop must be a multiple of 4 and windows >= 1 ({crop}, {count})"
             )
-        root = Path(data.root).expanduser()
         source = build_source(spec, root=root, frame_size=crop or 128, where=where)
         picks = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
         for i in picks:

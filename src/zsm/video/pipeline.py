@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from zsm.device import precision
+from zsm.models.reconstruct import Reconstructor
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP, plan_tiles, tile_for_budget
 from zsm.video.windows import Window, WindowPlan, iter_windows
 
@@ -42,8 +43,11 @@ def bytes_per_pixel_frame(model: object, device: torch.device | None = None) -> 
     nf = getattr(config, "nf", 64)
     hr_nf = getattr(config, "hr_nf", 64)
     reconstruct = getattr(model, "reconstruct", None)
-    banded = getattr(reconstruct, "band_bytes", 0) > 0
-    if banded and device is not None and device.type == "cpu":
+    if (
+        device is not None
+        and isinstance(reconstruct, Reconstructor)
+        and reconstruct.banded_on(device)
+    ):
         return 128.0 * hr_nf + 160.0 * nf
     return 512.0 * hr_nf + 96.0 * nf
 
