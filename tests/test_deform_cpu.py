@@ -195,6 +195,52 @@ def test_offsets_as_views(use_native: bool) -> None:
 
 
 @pytest.mark.parametrize("use_native", PATHS)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(c=16, groups=2),  # 36 offset, 18 mask channels: 8x8 blocks and a tail
+        dict(c=32, groups=4, h=12, w=13),  # 72 / 36 channels, 156 positions: a part tile
+        dict(c=6, groups=2, cout=4, h=5, w=3),  # 3 channels per group, fewer than 8 positions
+    ],
+    ids=lambda s: "-".join(f"{k}{v}" for k, v in s.items()),
+)
+def test_channels_last_input_and_offsets(use_native: bool, shape: dict) -> None:
+    """NHWC input, offsets and mask as channel slices of one NHWC tensor (the CPU network's case).
+
+    Same values and gradients as torchvision; the output is NHWC too (the
+    native kernel samples NHWC in place and writes NHWC rows).
+    """
+    case = make_case(b=2, seed=5, **shape)
+    n = case["offset"].shape[1]
+    results = []
+    for fn in (torchvision, ours(use_native)):
+        om = torch.cat((case["offset"], case["mask"]), dim=1)
+        om = om.contiguous(memory_format=torch.channels_last).requires_grad_()
+        x = case["x"].contiguous(memory_format=torch.channels_last).requires_grad_()
+        out = fn(x, om[:, :n], om[:, n:], case["weight"], case["bias"], case["pad"])
+        out.backward(case["grad"])
+        results.append((out, x.grad, om.grad))
+    if use_native:
+        assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+    for got, expected in zip(results[1], results[0], strict=True):
+        assert (got - expected).abs().max().item() <= TOL
+
+
+def test_a_frame_of_a_channels_last_sequence_is_sampled_in_place() -> None:
+    """``seq[:, k]`` of a (B, T, H, W, C)-memory sequence: NHWC images, batch-strided."""
+    case = make_case(b=2, c=16, groups=2, seed=6)
+    seq = torch.stack((case["x"], -case["x"], case["x"]), dim=1)  # (B, T, C, H, W)
+    seq = seq.movedim(2, -1).contiguous().movedim(-1, 2)
+    frame = seq[:, 1]
+    assert not frame.is_contiguous(memory_format=torch.channels_last)  # batch stride
+    assert deform_cpu._channels_last(frame)
+    args = (case["offset"], case["mask"], case["weight"], case["bias"], case["pad"])
+    got = deform_conv2d_cpu(frame, *args)
+    expected = torchvision(-case["x"], *args)
+    assert (got - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("use_native", PATHS)
 def test_non_finite_offsets_sample_zero(use_native: bool) -> None:
     case = make_case(seed=9)
     off = case["offset"]

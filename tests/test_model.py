@@ -183,3 +183,84 @@ def test_offset_mask_conv_split_changes_nothing() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert list(conv.state_dict()) == ["weight", "bias"]
     assert conv.weight.shape == (27, 8, 3, 3)
+
+
+def _layouts_seen(model: ZoomingSlowMo, frames: torch.Tensor) -> dict[str, set[bool]]:
+    """Per top-level stage, whether each conv and deformable conv it ran had NHWC input."""
+    from zsm.models.deform import ModulatedDeformConv2d
+    from zsm.models.layout import is_channels_last
+
+    seen: dict[str, set[bool]] = {}
+
+    def hooked(stage: str):
+        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
+            seen.setdefault(stage, set()).add(is_channels_last(inputs[0]))
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(hooked(name.split(".")[0]))
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d | ModulatedDeformConv2d)
+    ]
+    try:
+        model(frames)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_cpu_inference_runs_channels_last_end_to_end_and_matches_nchw() -> None:
+    """Without autograd on the CPU every feature map stays NHWC; with it, NCHW; same frames.
+
+    Batch 2 and 3 frames: the per-frame flattening of (B, T, ...) sequences is a
+    copy there, which must keep the layout too.
+    """
+    torch.manual_seed(0)
+    model = ZoomingSlowMo(ZSMConfig(nf=16, groups=2, front_RBs=1, back_RBs=1, hr_nf=8)).eval()
+    frames = torch.rand(2, 3, 3, 10, 13)
+    stages = ["extract", "interpolate", "aggregate", "reconstruct"]
+    with torch.no_grad():
+        nhwc = model(frames)
+        assert _layouts_seen(model, frames) == {s: {True} for s in stages}
+    with torch.enable_grad():
+        nchw = model(frames)
+        # training: NCHW, but for the reconstruction, which is NHWC inside in any case
+        want = {s: {False} for s in stages[:-1]} | {"reconstruct": {True}}
+        assert _layouts_seen(model, frames) == want
+    torch.testing.assert_close(nhwc, nchw.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_update_without_autograd_equals_the_plain_formula() -> None:
+    """tanh as 2 sigmoid(2v) - 1, one sigmoid over all gates, in place (inference only)."""
+    from zsm.models.convlstm import _lstm_update_inference
+
+    torch.manual_seed(0)
+    nf = 6
+    gates = 4 * torch.randn(2, 4 * nf, 5, 7)
+    c_aligned = 3 * torch.randn(2, nf, 5, 7)
+    i, f, o, g = torch.chunk(gates, 4, dim=1)
+    c = torch.sigmoid(f) * c_aligned + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    got_h, got_c = _lstm_update_inference(gates.clone(), c_aligned)
+    torch.testing.assert_close(got_c, c, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_h, h, rtol=1e-6, atol=1e-6)
+
+
+def test_rgb_conv_as_shifted_taps_equals_the_conv() -> None:
+    """The banded tail's output conv, one GEMM over all taps + shifted sums, at each border case."""
+    from torch.nn import functional as F
+
+    from zsm.models.reconstruct import _conv_rows, _few_outputs_conv_rows
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 3, 3, padding=1)
+    x = torch.randn(1, 8, 9, 11).contiguous(memory_format=torch.channels_last)
+    for top, bottom in ((False, False), (True, False), (False, True), (True, True)):
+        want = _conv_rows(conv, x, top, bottom)
+        got = _few_outputs_conv_rows(conv, x, top, bottom)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    whole = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(_few_outputs_conv_rows(conv, x, True, True), whole)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import platform
 import statistics
@@ -54,16 +55,10 @@ from torch.nn import functional as F
 from zsm.device import precision
 from zsm.models.config import PRESETS, ZSMConfig
 from zsm.models.deform import ModulatedDeformConv2d, modulated_deform_conv2d, select_backend
-from zsm.models.zsm import (
-    MULTIPLE,
-    SCALE,
-    ZoomingSlowMo,
-    _interleave,
-    _pad_to_multiple,
-    bicubic_skip,
-)
+from zsm.models.zsm import MULTIPLE, STAGES, ZoomingSlowMo
 
-STAGES = ("extract", "interpolate", "ConvLSTM", "reconstruct")
+# The dense reference conv is timed in both memory layouts; the faster one counts.
+DENSE_LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 # ``--precision`` names -> autocast dtype (None: float32, no autocast).
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -119,36 +114,6 @@ def _best_of(
 
 # ---------------------------------------------------------------------------
 # the network, stage by stage
-
-
-def staged_forward(
-    model: ZoomingSlowMo,
-    frames: torch.Tensor,
-    stage: Callable[[str], contextlib.AbstractContextManager[object]],
-) -> torch.Tensor:
-    """``model(frames)`` with each stage of :data:`STAGES` run inside ``stage(name)``.
-
-    The same operations as :meth:`ZoomingSlowMo.forward` in the same order
-    (the tests check the outputs are identical), split where the stages meet.
-    """
-    b, n, _, h, w = frames.shape
-    x = _pad_to_multiple(frames, MULTIPLE)
-    with stage("extract"):
-        pyr = model.extract(x.flatten(0, 1))
-    with stage("interpolate"):
-        pyr = [level.unflatten(0, (b, n)) for level in pyr]
-        first = [level[:, :-1].flatten(0, 1) for level in pyr]
-        second = [level[:, 1:].flatten(0, 1) for level in pyr]
-        mid = model.interpolate(first, second).unflatten(0, (b, n - 1))
-        feats = _interleave(pyr[0], mid)
-    with stage("ConvLSTM"):
-        feats = model.aggregate(feats)
-    with stage("reconstruct"):
-        out = model.reconstruct(feats.flatten(0, 1)).unflatten(0, (b, 2 * n - 1))
-        if model.config.global_skip:
-            out = out + bicubic_skip(x)
-        out = out[..., : SCALE * h, : SCALE * w]
-    return out
 
 
 class _ConvFlops:
@@ -336,11 +301,14 @@ def bench_model(
     x = torch.rand(1, frames, 3, height, width, device=device)
     out_frames = 2 * frames - 1
     hp, wp = -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
-    # The reference: a dense 3x3 conv nf -> nf at the (padded) input size, batch = frames.
-    conv = nn.Conv2d(config.nf, config.nf, 3, padding=1).to(device, memory_format=memory_format)
+    # The reference: a dense 3x3 conv nf -> nf at the (padded) input size, batch = frames,
+    # in both memory layouts; the faster one counts (the network runs NHWC on the CPU).
     dense_in = torch.randn(frames, config.nf, hp, wp, device=device)
-    dense_in = dense_in.contiguous(memory_format=memory_format)
     dense_flops = 2.0 * dense_in.numel() * config.nf * 9
+    refs: dict[str, Callable[[], object]] = {}
+    for name, fmt in DENSE_LAYOUTS.items():
+        ref_conv = nn.Conv2d(config.nf, config.nf, 3, padding=1).to(device, memory_format=fmt)
+        refs[name] = functools.partial(ref_conv, dense_in.contiguous(memory_format=fmt))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -349,13 +317,14 @@ def bench_model(
     with precision(device, dtype):
         # Warm-up; counts the FLOPs of whole frames (the banded HR tail calls its convs
         # directly, past the hooks, and recomputes halo rows: not counted as work).
-        staged_forward(model, x, counter.stage)
-        conv(dense_in)
+        model(x, counter.stage)
+        for ref in refs.values():
+            ref()
     counter.remove()
     model.reconstruct.band_bytes = band_bytes
 
     times: dict[str, list[float]] = {s: [] for s in STAGES}
-    dense_times: list[float] = []
+    dense_times: dict[str, list[float]] = {name: [] for name in refs}
 
     @contextlib.contextmanager
     def timed_stage(name: str) -> Iterator[None]:
@@ -368,15 +337,17 @@ def bench_model(
     whole_times: list[float] = []
     with precision(device, dtype):
         for _ in range(max(1, repeats)):
-            staged_forward(model, x, timed_stage)
+            model(x, timed_stage)
             whole_times.append(_timed(lambda: model(x), device))
-            dense_times += _best_of(lambda: conv(dense_in), device, 3, 1.0)
+            for name, ref in refs.items():
+                dense_times[name] += _best_of(ref, device, 3, 1.0)
     if device.type == "cuda":
         peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     else:
         peak_mb, peak_kind = _peak_rss_mb(), "rss"
 
-    dense_s = min(dense_times)
+    layout = min(dense_times, key=lambda name: min(dense_times[name]))
+    dense_s = min(dense_times[layout])
     dense_gflops = dense_flops / dense_s / 1e9
     stages: dict[str, dict[str, float]] = {}
     total_s = total_flops = total_med = 0.0
@@ -395,6 +366,8 @@ def bench_model(
             "gflop": dense_flops / 1e9,
             "gflops": dense_gflops,
             "ms_per_frame": dense_s * 1e3 / frames,
+            "layout": layout,
+            "ms_by_layout": {name: min(t) * 1e3 for name, t in dense_times.items()},
         },
         "stages": stages,
         "output_frames": out_frames,
@@ -594,7 +567,14 @@ def format_report(r: dict[str, Any]) -> str:
         + ("; malloc tuned" if r.get("malloc_tuned") else "")
         + ("; CPU-time clock" if r.get("clock") == "process" else ""),
         f"dense 3x3 conv {c['nf']}->{c['nf']} on {tuple(d['shape'])}: {d['ms']:.1f} ms, "
-        f"{d['gflops']:.1f} GFLOP/s",
+        f"{d['gflops']:.1f} GFLOP/s"
+        + (
+            f" ({d['layout']}, the faster layout: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in d["ms_by_layout"].items())
+            + ")"
+            if "layout" in d
+            else ""
+        ),
         "",
         f"{'stage':<12}{'ms/frame':>10}{'GFLOP/frame':>13}{'GFLOP/s':>9}"
         f"{'% of dense GFLOP/s':>20}{'median ms/frame':>17}",

@@ -286,7 +286,8 @@ static void tile_base(Tile *t, i64 p0, i64 n, i64 Wo, i64 pad) {
    rounded as torchvision rounds it.  Corners are judged one by one, as
    torchvision does: a corner outside the image gets weight 0 (and v = 0) and
    an offset clamped into the image; NaN or infinite positions get weight 0
-   everywhere.  Offsets are for one group's image, (H, W, C) with C = Cg. */
+   everywhere.  Corner offsets are in elements of one group's image, whose pixels
+   are C floats apart (Cg in the group-major layout, all channels in NHWC). */
 static inline __attribute__((always_inline)) void
 tile_corners(Tile *restrict t, i64 n, const float *restrict oy, const float *restrict ox,
              const float *restrict mk, float fi, float fj, i64 H, i64 W, i64 C, const int full) {
@@ -326,33 +327,88 @@ tile_corners(Tile *restrict t, i64 n, const float *restrict oy, const float *res
     }
 }
 
+/* n rows of nc channels (element (p, c) at src[p * ps + c * cs]) -> dst[c * TILE + p]:
+   a tile's offsets or mask made contiguous per channel, as tile_corners reads them. */
+static void tile_gather(float *restrict dst, const float *restrict src, i64 n, i64 nc, i64 ps,
+                        i64 cs) {
+    i64 p = 0;
+#if defined(__AVX__)
+    if (cs == 1) { /* NHWC: 8x8 blocks, transposed in registers */
+        for (; p + 8 <= n; p += 8) {
+            const float *s = src + p * ps;
+            i64 c = 0;
+            for (; c + 8 <= nc; c += 8) {
+                __m256 r[8], t[8], u[8];
+                for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * ps + c);
+                for (int k = 0; k < 8; k += 2) {
+                    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+                    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+                }
+                for (int k = 0; k < 8; k += 4) {
+                    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+                    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+                    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+                    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+                }
+                for (int k = 0; k < 4; ++k) {
+                    _mm256_storeu_ps(dst + (c + k) * TILE + p,
+                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+                    _mm256_storeu_ps(dst + (c + k + 4) * TILE + p,
+                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+                }
+            }
+            for (; c < nc; ++c)
+                for (int k = 0; k < 8; ++k) dst[c * TILE + p + k] = s[k * ps + c];
+        }
+    }
+#endif
+    for (; p < n; ++p)
+        for (i64 c = 0; c < nc; ++c) dst[c * TILE + p] = src[p * ps + c * cs];
+}
+
 /* Columns of tiles [t0, t1).  Tile t covers output positions from
    (t % tiles_per_image) * TILE of image t / tiles_per_image, i.e. rows
    q = b * Ho * Wo + p of the column matrix; cols holds the rows from q_base on.
-   x: (B, G, H, W, Cg), each group's channels last; offset (B, 2*G*KK, Ho, Wo);
-   mask (B, G*KK, Ho, Wo); cols: (rows, G, KK, Cg), mask applied. */
+   x: element (b, channel c of group g, y, x) at b*xsb + g*xsg + (y*W + x)*xsp + c,
+   i.e. each group's Cg channels adjacent: (B, G, H, W, Cg) or NHWC.
+   offset (B, 2*G*KK, Ho, Wo) and mask (B, G*KK, Ho, Wo): element (b, c, position p)
+   at b*sb + c*sc + p*sp (NCHW or NHWC); cols: (rows, G, KK, Cg), mask applied. */
 void zsm_dcn_im2col(const float *x, const float *offset, const float *mask, float *cols,
                     i64 H, i64 W, i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo,
-                    i64 ostride, i64 q_base, i64 t0, i64 t1, int nthreads) {
+                    i64 xsb, i64 xsg, i64 xsp, i64 osb, i64 osc, i64 osp, i64 msb, i64 msc,
+                    i64 msp, i64 q_base, i64 t0, i64 t1, int nthreads) {
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const i64 ntiles = (HWo + TILE - 1) / TILE;
+    const int gather_o = osp != 1, gather_m = msp != 1;
     (void)nthreads;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (i64 t = t0; t < t1; ++t) {
         Tile tl;
+        float obuf[gather_o ? 2 * G * KK * TILE : 1], mbuf[gather_m ? G * KK * TILE : 1];
         const i64 b = t / ntiles, p0 = (t - b * ntiles) * TILE;
         const i64 n = p0 + TILE < HWo ? TILE : HWo - p0;
-        const float *ob = offset + b * ostride + p0;
-        const float *mb = mask + b * G * KK * HWo + p0;
+        const float *ob = offset + b * osb + p0 * osp;
+        const float *mb = mask + b * msb + p0 * msp;
+        i64 oc = osc, mc = msc;
+        if (gather_o) {
+            tile_gather(obuf, ob, n, 2 * G * KK, osp, osc);
+            ob = obuf;
+            oc = TILE;
+        }
+        if (gather_m) {
+            tile_gather(mbuf, mb, n, G * KK, msp, msc);
+            mb = mbuf;
+            mc = TILE;
+        }
         float *cb = cols + (b * HWo + p0 - q_base) * K;
         tile_base(&tl, p0, n, Wo, pad);
         for (i64 g = 0; g < G; ++g) {
-            const float *xg = x + (b * G + g) * H * W * Cg;
+            const float *xg = x + b * xsb + g * xsg;
             for (i64 i = 0; i < kh; ++i) {
                 for (i64 j = 0; j < kw; ++j) {
                     const i64 ch = g * KK + i * kw + j;
-                    tile_corners(&tl, n, ob + 2 * ch * HWo, ob + (2 * ch + 1) * HWo,
-                                 mb + ch * HWo, (float)i, (float)j, H, W, Cg, 0);
+                    tile_corners(&tl, n, ob + 2 * ch * oc, ob + (2 * ch + 1) * oc, mb + ch * mc,
+                                 (float)i, (float)j, H, W, xsp, 0);
                     float *o = cb + ch * Cg;
                     if (Cg == 8) { /* the common case: a row is one AVX register */
                         for (i64 p = 0; p < n; ++p, o += K)
@@ -622,7 +678,7 @@ def _load_native() -> ctypes.CDLL | None:
                 _compile(path)
             lib = ctypes.CDLL(str(path))
             ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-            lib.zsm_dcn_im2col.argtypes = [ptr] * 4 + [i64] * 13 + [cint]
+            lib.zsm_dcn_im2col.argtypes = [ptr] * 4 + [i64] * 21 + [cint]
             lib.zsm_dcn_im2col.restype = None
             lib.zsm_dcn_col2im.argtypes = [ptr] * 7 + [i64] * 12 + [cint] * 3
             lib.zsm_dcn_col2im.restype = None
@@ -686,33 +742,81 @@ def _run_parts(fn: Callable[..., None], args: tuple[Any, ...]) -> None:
         f.result()
 
 
+def _image_strides(x: torch.Tensor, geo: _Geom) -> tuple[int, int, int]:
+    """(batch, group, pixel) strides of the sampled input, as the kernel reads it.
+
+    Group-major (B, G, H, W, Cg) or NHWC (B, C, H, W) in channels-last memory:
+    either way a group's ``Cg`` channels of a pixel are adjacent.
+    """
+    if x.dim() == 5:
+        return x.stride(0), x.stride(1), x.stride(3)
+    return x.stride(0), geo.cg, x.stride(3)
+
+
+def _position_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(batch, channel, position) strides of (B, C, Ho, Wo) offsets or mask, if positions are flat.
+
+    Positions are flat when row ``y`` starts ``Wo`` positions after row ``y-1``
+    (NCHW, NHWC, and channel slices of either); else ``None``.
+    """
+    if t.shape[3] > 1 and t.shape[2] > 1 and t.stride(2) != t.shape[3] * t.stride(3):
+        return None
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
+def _flat_positions(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if :func:`_position_strides` can describe it, else a contiguous copy."""
+    return t if _position_strides(t) is not None else t.contiguous()
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether each image of (B, C, H, W) ``x`` is dense NHWC memory (any batch stride), C > 1.
+
+    A frame of a channels-last sequence, ``seq[:, k]``, is such a view.
+    """
+    _, c, h, w = x.shape
+    return (
+        c > 1
+        and x.stride(1) == 1
+        and (w == 1 or x.stride(3) == c)
+        and (h == 1 or x.stride(2) == w * c)
+    )
+
+
 class _NativeSampler:
-    """im2col / col2im by the compiled kernel."""
+    """im2col / col2im by the compiled kernel.
+
+    ``x``: group-major (B, G, H, W, Cg), or NHWC (im2col only). ``offset`` and
+    ``mask`` in any layout :func:`_position_strides` describes (col2im: NCHW,
+    per-sample dense, ``offset`` possibly batch-strided).
+    """
 
     def __init__(
         self,
         lib: ctypes.CDLL,
-        x_gm: torch.Tensor,
+        x: torch.Tensor,
         offset: torch.Tensor,
         mask: torch.Tensor,
         geo: _Geom,
     ) -> None:
-        self.lib, self.x_gm, self.offset, self.mask, self.geo = lib, x_gm, offset, mask, geo
+        self.lib, self.x, self.offset, self.mask, self.geo = lib, x, offset, mask, geo
         self.ntiles = -(-geo.hwo // _TILE)
         size = _CHUNK_BYTES if torch.get_num_threads() == 1 else _CHUNK_BYTES_THREADED
         self.chunks = _plan_chunks(geo, max(1, size // (geo.k * 4)), _TILE)
-        # offset may be a batch-strided view (the first 2/3 of the offset conv's output)
-        ostride = offset.stride(0)
-        self.dims = (geo.h, geo.w, geo.c, geo.g, geo.kh, geo.kw, geo.pad, geo.ho, geo.wo, ostride)
+        self.dims = (geo.h, geo.w, geo.c, geo.g, geo.kh, geo.kw, geo.pad, geo.ho, geo.wo)
+        ostrides, mstrides = _position_strides(offset), _position_strides(mask)
+        assert ostrides is not None and mstrides is not None
+        self.strides = (*_image_strides(x, geo), *ostrides, *mstrides)
+        self.ostride = offset.stride(0)
 
     def im2col(self, i: int) -> torch.Tensor:
         """Columns of chunk ``i``, (rows, K): a scratch buffer, overwritten by the next call."""
         ch = self.chunks[i]
-        cols = _workspace("cols", ch.rows, self.geo.k, self.x_gm)
+        cols = _workspace("cols", ch.rows, self.geo.k, self.x)
         t0 = ch.b0 * self.ntiles + ch.p0 // _TILE
         t1 = (ch.b1 - 1) * self.ntiles + -(-ch.p1 // _TILE)
-        ptrs = (self.x_gm.data_ptr(), self.offset.data_ptr(), self.mask.data_ptr())
-        args = (*ptrs, cols.data_ptr(), *self.dims, ch.qa)
+        ptrs = (self.x.data_ptr(), self.offset.data_ptr(), self.mask.data_ptr())
+        args = (*ptrs, cols.data_ptr(), *self.dims, *self.strides, ch.qa)
         _run_parallel(self.lib.zsm_dcn_im2col, args, t0, t1)
         return cols
 
@@ -726,9 +830,9 @@ class _NativeSampler:
     ) -> None:
         """Accumulate chunk ``i``'s input gradient into ``gx``; write its offset/mask gradients."""
         ch = self.chunks[i]
-        ptrs = (self.x_gm.data_ptr(), self.offset.data_ptr(), self.mask.data_ptr())
+        ptrs = (self.x.data_ptr(), self.offset.data_ptr(), self.mask.data_ptr())
         outs = tuple(t.data_ptr() if t is not None else None for t in (gx, goff, gmask))
-        args = (*ptrs, gcols.data_ptr(), *outs, *self.dims, ch.qa, ch.qb)
+        args = (*ptrs, gcols.data_ptr(), *outs, *self.dims, self.ostride, ch.qa, ch.qb)
         _run_parts(self.lib.zsm_dcn_col2im, args)
 
 
@@ -857,13 +961,58 @@ _Sampler = _NativeSampler | _PureSampler
 
 
 def _sampler(
-    x_gm: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo: _Geom, allow_native: bool
+    x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, geo: _Geom, allow_native: bool
 ) -> _Sampler:
-    if allow_native and x_gm.dtype == torch.float32 and x_gm.device.type == "cpu":
+    """The native sampler where it can run, else the pure one.
+
+    ``x``: group-major (B, G, H, W, Cg), or NHWC (B, C, H, W) (the pure
+    sampler then gets a group-major copy).
+    """
+    if allow_native and x.dtype == torch.float32 and x.device.type == "cpu":
         lib = _load_native()
-        if lib is not None and geo.h * geo.w * geo.cg < 2**31:  # 32-bit offsets in an image
-            return _NativeSampler(lib, x_gm, offset, mask, geo)
-    return _PureSampler(x_gm, offset, mask, geo)
+        pixel = _image_strides(x, geo)[2]
+        if lib is not None and geo.h * geo.w * pixel < 2**31:  # 32-bit offsets in an image
+            return _NativeSampler(lib, x, _flat_positions(offset), _flat_positions(mask), geo)
+    if x.dim() == 4:
+        x = _group_major(x, geo)
+    return _PureSampler(x, offset, mask, geo)
+
+
+def _gemm_nchw(
+    sampler: _Sampler, wcols: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> None:
+    """``out`` (B, Cout, Ho*Wo) = W @ columns (+ bias), chunk by chunk."""
+    geo = sampler.geo
+    for i, ch in enumerate(sampler.chunks):
+        cols = sampler.im2col(i)  # (rows, K)
+        if ch.b1 == ch.b0 + 1:  # part of one image: (Cout, K) @ (K, rows)
+            dst = out[ch.b0, :, ch.p0 : ch.p1]
+            if bias is None:
+                torch.mm(wcols, cols.t(), out=dst)
+            else:
+                torch.addmm(bias[:, None].expand_as(dst), wcols, cols.t(), out=dst)
+        else:  # whole images
+            dst = out[ch.b0 : ch.b1]
+            cols3 = cols.view(ch.b1 - ch.b0, geo.hwo, geo.k).transpose(1, 2)
+            if bias is None:
+                torch.matmul(wcols, cols3, out=dst)
+            else:
+                w3 = wcols.expand(dst.shape[0], *wcols.shape)
+                torch.baddbmm(bias.view(1, -1, 1).expand_as(dst), w3, cols3, out=dst)
+
+
+def _gemm_nhwc(
+    sampler: _Sampler, wcols: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> None:
+    """``out`` (B*Ho*Wo, Cout), NHWC rows, = columns @ W^T (+ bias), chunk by chunk."""
+    wt = wcols.t()
+    for i, ch in enumerate(sampler.chunks):
+        cols = sampler.im2col(i)  # (rows, K): the rows of out are the same positions
+        dst = out[ch.qa : ch.qb]
+        if bias is None:
+            torch.mm(cols, wt, out=dst)
+        else:
+            torch.addmm(bias, cols, wt, out=dst)
 
 
 class _ModulatedDeformConv(torch.autograd.Function):
@@ -886,32 +1035,28 @@ class _ModulatedDeformConv(torch.autograd.Function):
         allow_native: bool,
     ) -> torch.Tensor:
         geo = _geometry(x, offset, mask, weight, padding)
-        x_gm = _group_major(x.detach(), geo)
-        offset, mask = _per_sample_dense(offset.detach()), mask.detach().contiguous()
-        sampler = _sampler(x_gm, offset, mask, geo, allow_native)
+        # NHWC input (channels-last convs around it) is sampled in place and gives
+        # NHWC output, whose rows the GEMM writes directly; else group-major, NCHW.
+        nhwc = allow_native and _channels_last(x) and native_available()
+        x_s = x.detach() if nhwc else _group_major(x.detach(), geo)
+        offset, mask = _flat_positions(offset.detach()), _flat_positions(mask.detach())
+        sampler = _sampler(x_s, offset, mask, geo, allow_native)
         wcols = _weight_to_cols(weight.detach(), geo)  # (Cout, K)
         cout = weight.shape[0]
         b = bias.detach() if bias is not None else None
         # Returned as is, not as a view: callers may modify it in place.
-        result = x.new_empty(geo.b, cout, geo.ho, geo.wo)
-        out = result.view(geo.b, cout, geo.hwo)
-        for i, ch in enumerate(sampler.chunks):
-            cols = sampler.im2col(i)  # (rows, K)
-            if ch.b1 == ch.b0 + 1:  # part of one image: (Cout, K) @ (K, rows)
-                dst = out[ch.b0, :, ch.p0 : ch.p1]
-                if b is None:
-                    torch.mm(wcols, cols.t(), out=dst)
-                else:
-                    torch.addmm(b[:, None].expand_as(dst), wcols, cols.t(), out=dst)
-            else:  # whole images
-                dst = out[ch.b0 : ch.b1]
-                cols3 = cols.view(ch.b1 - ch.b0, geo.hwo, geo.k).transpose(1, 2)
-                if b is None:
-                    torch.matmul(wcols, cols3, out=dst)
-                else:
-                    w3 = wcols.expand(dst.shape[0], *wcols.shape)
-                    torch.baddbmm(b.view(1, cout, 1).expand_as(dst), w3, cols3, out=dst)
-        ctx.save_for_backward(x_gm, offset, mask, weight)
+        if nhwc:
+            result = torch.empty(
+                (geo.b, cout, geo.ho, geo.wo),
+                dtype=x.dtype,
+                device=x.device,
+                memory_format=torch.channels_last,
+            )
+            _gemm_nhwc(sampler, wcols, b, result.permute(0, 2, 3, 1).view(-1, cout))
+        else:
+            result = x.new_empty(geo.b, cout, geo.ho, geo.wo)
+            _gemm_nchw(sampler, wcols, b, result.view(geo.b, cout, geo.hwo))
+        ctx.save_for_backward(x_s, offset, mask, weight)
         ctx.geo = geo
         ctx.has_bias = bias is not None
         ctx.allow_native = allow_native
@@ -921,8 +1066,10 @@ class _ModulatedDeformConv(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        x_gm, offset, mask, weight = ctx.saved_tensors
+        x_s, offset, mask, weight = ctx.saved_tensors
         geo: _Geom = ctx.geo
+        x_gm = _group_major(x_s, geo) if x_s.dim() == 4 else x_s  # NHWC input: group-major copy
+        offset, mask = _per_sample_dense(offset), mask.contiguous()
         need_x, need_off, need_mask, need_w, need_b = ctx.needs_input_grad[:5]
         cout = weight.shape[0]
         gout = grad_out.reshape(geo.b, cout, geo.hwo)  # the GEMMs read it transposed

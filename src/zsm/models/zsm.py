@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -10,6 +13,7 @@ from zsm.models.config import ZSMConfig, preset
 from zsm.models.convlstm import BiDeformableConvLSTM
 from zsm.models.extract import FeatureExtractor
 from zsm.models.interp import FeatureInterpolation
+from zsm.models.layout import channels_last_on, flatten_frames, seq_op
 from zsm.models.reconstruct import Reconstructor
 
 SCALE = 4  # spatial factor (two x2 PixelShuffles)
@@ -39,26 +43,41 @@ class ZoomingSlowMo(nn.Module):
         base = preset(name)
         return cls(ZSMConfig(**{**base.__dict__, **overrides}))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        frames: torch.Tensor,
+        stage: Callable[[str], contextlib.AbstractContextManager[object]] | None = None,
+    ) -> torch.Tensor:
+        """The HR frames; ``stage(name)``, if given, wraps each of :data:`STAGES`.
+
+        (``zsm benchmark`` times and counts the stages through it.)
+        """
+        stage = stage or _no_stage
         b, n, _, h, w = _check_input(frames)
         x = _pad_to_multiple(frames, MULTIPLE)
-        feats = self.interpolated_features(x)  # (B, 2n-1, nf, H', W')
-        feats = self.aggregate(feats)
-        out = self.reconstruct(feats.flatten(0, 1)).unflatten(0, (b, 2 * n - 1))
-        if self.config.global_skip:
-            out = out + bicubic_skip(x)
-        return out[..., : SCALE * h, : SCALE * w]
+        with stage("extract"):
+            pyr = self.extract(frames_in(x))  # levels of (B*n, nf, h, w)
+        with stage("interpolate"):
+            pyr = [level.unflatten(0, (b, n)) for level in pyr]
+            # Every neighbouring pair (k, k+1) at once, pairs stacked on the batch axis.
+            first = [flatten_frames(level[:, :-1]) for level in pyr]
+            second = [flatten_frames(level[:, 1:]) for level in pyr]
+            mid = self.interpolate(first, second).unflatten(0, (b, n - 1))
+            feats = _interleave(pyr[0], mid)  # (B, 2n-1, nf, H', W')
+        with stage("ConvLSTM"):
+            feats = self.aggregate(feats)
+        with stage("reconstruct"):
+            out = self.reconstruct(flatten_frames(feats)).unflatten(0, (b, 2 * n - 1))
+            if self.config.global_skip:
+                out = out + bicubic_skip(x)
+            return out[..., : SCALE * h, : SCALE * w]
 
-    def interpolated_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Key and interpolated features: (B, n, 3, H, W) -> (B, 2n-1, nf, H, W)."""
-        b, n = x.shape[:2]
-        pyr = self.extract(x.flatten(0, 1))  # levels of (B*n, nf, h, w)
-        pyr = [level.unflatten(0, (b, n)) for level in pyr]
-        # Every neighbouring pair (k, k+1) at once, pairs stacked on the batch axis.
-        first = [level[:, :-1].flatten(0, 1) for level in pyr]
-        second = [level[:, 1:].flatten(0, 1) for level in pyr]
-        mid = self.interpolate(first, second).unflatten(0, (b, n - 1))
-        return _interleave(pyr[0], mid)
+
+STAGES = ("extract", "interpolate", "ConvLSTM", "reconstruct")
+
+
+def _no_stage(name: str) -> contextlib.AbstractContextManager[object]:
+    return contextlib.nullcontext()
 
 
 def _check_input(frames: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -85,10 +104,22 @@ def _pad_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
     return flat.unflatten(0, (b, n))
 
 
+def frames_in(x: torch.Tensor) -> torch.Tensor:
+    """(B, n, 3, H, W) -> (B*n, 3, H, W), channels-last where the network runs so."""
+    flat = x.flatten(0, 1)
+    if channels_last_on(flat.device):
+        return flat.contiguous(memory_format=torch.channels_last)
+    return flat
+
+
 def _interleave(keys: torch.Tensor, mids: torch.Tensor) -> torch.Tensor:
-    """[k0, m0, k1, m1, ..., k_{n-1}] from keys (B, n, ...) and mids (B, n-1, ...)."""
-    pairs = torch.stack((keys[:, :-1], mids), dim=2).flatten(1, 2)  # (B, 2n-2, ...)
-    return torch.cat((pairs, keys[:, -1:]), dim=1)
+    """[k0, m0, k1, m1, ..., k_{n-1}] from keys (B, n, C, H, W) and mids (B, n-1, C, H, W)."""
+
+    def interleave(k: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        pairs = torch.stack((k[:, :-1], m), dim=2).flatten(1, 2)  # (B, 2n-2, ...)
+        return torch.cat((pairs, k[:, -1:]), dim=1)
+
+    return seq_op(interleave, keys, mids)
 
 
 def bicubic_skip(frames: torch.Tensor) -> torch.Tensor:
