@@ -38,6 +38,13 @@ def main() -> None:
         default="wall",
         help="process: CPU time, steadier on a shared machine (with --threads 1)",
     )
+    p.add_argument(
+        "--layout",
+        choices=("nchw", "nhwc"),
+        default="nchw",
+        help="nhwc: input, output and the dense conv channels-last, offsets and mask as slices "
+        "of one NHWC tensor (the network's CPU inference)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.threads:
@@ -51,7 +58,7 @@ def main() -> None:
         backends = [n for n in available_backends() if device.type == "cpu" or n == "torchvision"]
     r = bench_dcn(
         nf=c, groups=args.groups, shape=(b, h, w), device=device, repeats=args.repeats,
-        backends=backends,
+        backends=backends, channels_last=args.layout == "nhwc",
     )  # fmt: skip
     r.update(
         device=str(device),
@@ -64,7 +71,7 @@ def main() -> None:
         print(json.dumps(r, indent=2))
         return
     print(
-        f"DCN {tuple(r['shape'])}, 3x3, {r['groups']} offset groups on {device} "
+        f"DCN {tuple(r['shape'])} {r['layout']}, 3x3, {r['groups']} offset groups on {device} "
         f"({r['device_name']}, {r['threads']} threads; native kernel: {r['native_kernel']})"
     )
     print(f"{'impl':<14}{'fwd ms':>9}{'x dense':>9}{'bwd ms':>10}{'x dense':>9}")

@@ -34,7 +34,12 @@ def assert_positive_report(r: dict) -> None:
     total = r["stages"]["total"]
     parts = [r["stages"][s]["gflop_per_frame"] for s in STAGES]
     assert total["gflop_per_frame"] == pytest.approx(sum(parts))
-    assert r["dense_conv"]["gflops"] > 0 and r["dense_conv"]["ms"] > 0
+    dense = r["dense_conv"]
+    assert dense["gflops"] > 0 and dense["ms"] > 0
+    # timed in both layouts; the faster one is the reference
+    assert set(dense["ms_by_layout"]) == {"NCHW", "NHWC"}
+    assert dense["ms"] == min(dense["ms_by_layout"].values())
+    assert dense["ms"] == dense["ms_by_layout"][dense["layout"]]
     assert r["output_frames"] == 2 * r["frames"] - 1
     assert r["output_fps"] == pytest.approx(r["output_frames"] / r["whole_ms"] * 1e3)
     assert r["precision"] == "fp32"
@@ -53,6 +58,18 @@ def test_run_benchmark_tiny_network() -> None:
     json.dumps(r)  # JSON-ready
     text = format_report(r)
     assert all(s in text for s in STAGES) and "torchvision" in text
+
+
+def test_dcn_alone_in_the_networks_cpu_layout() -> None:
+    """``channels_last``: NHWC input and offsets/mask slices of one NHWC tensor, as in inference."""
+    from zsm.bench import bench_dcn
+
+    r = bench_dcn(
+        nf=8, groups=2, shape=(1, 12, 16), device=torch.device("cpu"), repeats=1,
+        backends=["cpu", "torchvision"], channels_last=True,
+    )  # fmt: skip
+    assert r["layout"] == "NHWC" and set(r["impls"]) == {"dense", "cpu", "torchvision"}
+    assert all(v["forward_ms"] > 0 for v in r["impls"].values())
 
 
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -401,11 +401,14 @@ def bench_dcn(
     backends: list[str],
     seed: int = 0,
     budget_s: float = 30.0,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """The deformable conv alone (``nf -> nf``, 3x3): each backend and the dense conv.
 
     ``shape`` is (batch, H, W). Offsets have std :data:`OFFSET_STD_PX` (some
     samples fall outside the image), masks are uniform in [0, 1].
+    ``channels_last``: input, dense conv and output NHWC, offsets and mask
+    channel slices of one NHWC tensor, as in the network's CPU inference.
     """
     gen = torch.Generator().manual_seed(seed)
     n, h, w = shape
@@ -418,6 +421,10 @@ def bench_dcn(
     offset = rand(n, 2 * k, h, w, scale=OFFSET_STD_PX)
     mask = torch.rand(n, k, h, w, generator=gen).to(device)
     grad = rand(n, nf, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        both = torch.cat((offset, mask), dim=1).contiguous(memory_format=torch.channels_last)
+        offset, mask = both[:, : 2 * k], both[:, 2 * k :]
     flops = 2.0 * n * h * w * nf * nf * 9
 
     def dense() -> torch.Tensor:
@@ -472,7 +479,8 @@ def bench_dcn(
     for r in results.values():
         r["forward_vs_dense"] = r["forward_ms"] / base["forward_ms"]
         r["backward_vs_dense"] = r["backward_ms"] / base["backward_ms"]
-    return {"shape": [n, nf, h, w], "groups": groups, "impls": results}
+    layout = "NHWC" if channels_last else "NCHW"
+    return {"shape": [n, nf, h, w], "groups": groups, "layout": layout, "impls": results}
 
 
 def run_benchmark(
