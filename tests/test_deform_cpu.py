@@ -226,6 +226,16 @@ def test_channels_last_input_and_offsets(use_native: bool, shape: dict) -> None:
         assert (got - expected).abs().max().item() <= TOL
 
 
+def test_channels_last_float64_falls_back_to_pure_sampling_with_nhwc_output() -> None:
+    """A dtype the kernel lacks: pure sampling of a group-major copy, output rows still NHWC."""
+    case = make_case(b=2, c=16, groups=2, seed=7, dtype=torch.float64)
+    x = case["x"].contiguous(memory_format=torch.channels_last)
+    args = (case["offset"], case["mask"], case["weight"], case["bias"], case["pad"])
+    got = deform_conv2d_cpu(x, *args)
+    assert got.dtype == torch.float64
+    assert (got - torchvision(case["x"], *args)).abs().max().item() <= 1e-10
+
+
 def test_a_frame_of_a_channels_last_sequence_is_sampled_in_place() -> None:
     """``seq[:, k]`` of a (B, T, H, W, C)-memory sequence: NHWC images, batch-strided."""
     case = make_case(b=2, c=16, groups=2, seed=6)
