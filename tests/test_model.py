@@ -264,3 +264,20 @@ def test_rgb_conv_as_shifted_taps_equals_the_conv() -> None:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     whole = F.conv2d(x, conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(_few_outputs_conv_rows(conv, x, True, True), whole)
+
+
+def test_channels_last_weights_without_the_cpu_policy_give_the_same_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As on CUDA: NCHW input, NHWC weights (``zsm upscale`` there), the layout helpers on."""
+    import zsm.models.zsm as zsm_module
+
+    torch.manual_seed(0)
+    model = ZoomingSlowMo(ZSMConfig(nf=16, groups=2, front_RBs=1, back_RBs=1, hr_nf=8)).eval()
+    frames = torch.rand(2, 3, 3, 12, 16)
+    with torch.no_grad():
+        expected = model(frames)
+        monkeypatch.setattr(zsm_module, "channels_last_on", lambda device: False)
+        model.to(memory_format=torch.channels_last)
+        got = model(frames)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
