@@ -37,7 +37,10 @@ def bytes_per_pixel_frame(model: object, device: torch.device | None = None) -> 
     growth measured on CPU at 9-11 KB (compact preset) and 19.5 KB (official);
     this gives 19.5 KB and 39 KB. On the CPU the tail runs in bands of rows
     (:class:`~zsm.models.reconstruct.Reconstructor`) and the LR features
-    dominate: measured 4.2-5.0 KB and 7.5 KB; this gives 9.2 KB and 18.4 KB.
+    dominate: measured 4.2-5.0 KB and 7.5 KB, 2.5 KB and 5.1 KB since CPU
+    inference runs channels-last; this gives 9.2 KB and 18.4 KB. (A smaller
+    estimate, 4.6 KB, made 348-px instead of 236-px tiles for a 720p input and
+    was no faster: 236.1 s vs 224.5-234.5 s for 4 -> 8 frames.)
     """
     config = getattr(model, "config", None)
     nf = getattr(config, "nf", 64)
