@@ -42,7 +42,6 @@ class DeformableConvLSTM(nn.Module):
 
     def __init__(self, *, nf: int = 64, groups: int = 8) -> None:
         super().__init__()
-        self.nf = nf
         self.align_h = StateAlign(nf=nf, groups=groups)
         self.align_c = StateAlign(nf=nf, groups=groups)
         self.gates = conv3x3(2 * nf, 4 * nf)

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
+from zsm.models.layout import is_channels_last
+
 DeformFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int],
     torch.Tensor,
@@ -150,7 +152,7 @@ class OffsetMaskConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         n = 2 * self.out_channels // 3
-        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
+        if x.device.type != "cpu" or is_channels_last(x):
             out = super().forward(x)
             return out[:, :n], out[:, n:]
         w, b = self.weight, self.bias

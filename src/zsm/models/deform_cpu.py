@@ -1048,7 +1048,7 @@ class _ModulatedDeformConv(torch.autograd.Function):
         # NHWC output, whose rows the GEMM writes directly; else group-major, NCHW.
         nhwc = allow_native and _channels_last(x) and native_available()
         x_s = x.detach() if nhwc else _group_major(x.detach(), geo)
-        offset, mask = _flat_positions(offset.detach()), _flat_positions(mask.detach())
+        offset, mask = offset.detach(), mask.detach()
         sampler = _sampler(x_s, offset, mask, geo, allow_native)
         wcols = _weight_to_cols(weight.detach(), geo)  # (Cout, K)
         cout = weight.shape[0]

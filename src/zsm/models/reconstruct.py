@@ -24,11 +24,11 @@ class Reconstructor(nn.Module):
     ``band_bytes``: on the CPU without autograd, the network runs one frame at
     a time and the part after ``up1`` (whose tensors are 16x the input's) one
     band of rows at a time, each band's largest tensor at most this many bytes
-    (0: all frames at once, whole). Bands
-    read one extra row each side from their neighbours, so the result is the
-    whole-frame result (up to float rounding of the conv kernels); the peak
-    memory of the tail drops from N whole HR tensors to one band, and no
-    tensor is large enough for the allocator to map fresh pages for it.
+    (0: all frames at once, whole). Bands read one extra row each side from
+    their neighbours, so the result is the whole-frame result (up to float
+    rounding of the conv kernels); the peak memory of the tail drops from N
+    whole HR tensors to one band, and no tensor is large enough for the
+    allocator to map fresh pages for it.
     """
 
     def __init__(self, *, nf: int = 64, back_RBs: int = 40, hr_nf: int = 64) -> None:
@@ -68,8 +68,6 @@ class Reconstructor(nn.Module):
 
     def _band_rows(self, x: torch.Tensor) -> int:
         """Rows of ``x`` (the x2 level) per band: ``up2``'s output row is the largest."""
-        if self.band_bytes <= 0:
-            return x.shape[-2]
         row_bytes = self.up2.out_channels * 2 * x.shape[-1] * x.element_size()
         return max(8, self.band_bytes // row_bytes)
 
@@ -88,14 +86,17 @@ class Reconstructor(nn.Module):
         return _few_outputs_conv_rows(self.out_conv, y, r0 == 0, r1 == h)  # [2 r0, 2 r1)
 
 
+def _pad_rows(x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
+    """A zero row above and/or below ``x``: the conv's padding at the image border."""
+    return F.pad(x, (0, 0, int(top), int(bottom))) if top or bottom else x
+
+
 def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
     """``conv`` over rows whose first and last are halo (dropped) unless at the image border.
 
     At a border the conv's zero padding applies instead; columns are padded as usual.
     """
-    if top or bottom:
-        x = F.pad(x, (0, 0, int(top), int(bottom)))
-    return F.conv2d(x, conv.weight, conv.bias, padding=(0, 1))
+    return F.conv2d(_pad_rows(x, top, bottom), conv.weight, conv.bias, padding=(0, 1))
 
 
 def _few_outputs_conv_rows(
@@ -108,8 +109,7 @@ def _few_outputs_conv_rows(
     tap's contribution at every pixel, ``z[i, j] = W[:, :, i, j] @ x`` (3 x 9
     rows, channel-major), and the output sums the nine shifted planes: 2.5 ms.
     """
-    if top or bottom:
-        x = F.pad(x, (0, 0, int(top), int(bottom)))
+    x = _pad_rows(x, top, bottom)
     _, cin, h, w = x.shape
     cout, _, kh, kw = conv.weight.shape
     rows = h - kh + 1
