@@ -150,6 +150,14 @@ def test_make_lr_clip_uint8_path() -> None:
     assert lr.dtype == np.uint8 and lr.shape == (3, 2, 3, 3)
     assert gt is hr
     np.testing.assert_array_equal(lr[1], bicubic_downscale(hr[2]))
+    # Long clips are degraded a few frames at a time (bounded memory), with the same result.
+    long = np.random.default_rng(2).integers(0, 256, (21, 8, 12, 3), dtype=np.uint8)
+    lr, _ = make_lr_clip(long)
+    assert lr.shape == (11, 2, 3, 3)
+    for i in range(11):
+        np.testing.assert_array_equal(lr[i], bicubic_downscale(long[2 * i]))
+    with pytest.raises(ValueError, match="at least one"):
+        make_lr_clip(long[:0])
 
 
 def test_augmentations_are_off_by_default_and_seeded() -> None:

@@ -231,6 +231,14 @@ def test_cli_with_weights_and_max_frames(vid4_like: Path, tiny_model, tmp_path: 
     report = json.loads((out / "report.json").read_text())
     assert report["methods"] == ["bicubic-blend", MODEL_METHOD]
     assert report["clips"][0]["frames"] == 3
+    assert report["protocol"]["ensemble"] == "none (one pass of the model)"
+    # --ensemble: the same frames scored, the model averaged over 4 passes, and said so.
+    assert main([*argv, "--ensemble", "4"]) == 0
+    four = json.loads((out / "report.json").read_text())
+    assert "averaged over 4 transformed passes" in four["protocol"]["ensemble"]
+    assert "4 transformed passes" in (out / "report.md").read_text()
+    scores = [r["clips"][0]["methods"][MODEL_METHOD]["per_frame"]["psnr"] for r in (report, four)]
+    assert len(scores[1]) == 3 and scores[0] != scores[1]
 
 
 def test_cli_errors_are_one_line(vid4_like: Path, tmp_path: Path, capsys) -> None:

@@ -331,8 +331,11 @@ def test_interrupt_then_resume(
         assert all(err[k][j] > err[k][k] for j in others)
 
 
+@pytest.mark.parametrize(
+    ("option", "key"), [(("--time-factor", "1"), "time_factor"), (("--ensemble", "2"), "ensemble")]
+)
 def test_resume_refuses_other_settings(
-    tmp_path, video_make_clip, video_tiny_weights, run_cli, monkeypatch, caplog
+    tmp_path, video_make_clip, video_tiny_weights, run_cli, monkeypatch, caplog, option, key
 ) -> None:
     src = video_make_clip(frames=12)
     dst = tmp_path / "r.mp4"
@@ -342,8 +345,8 @@ def test_resume_refuses_other_settings(
             upscale_video(
                 src, dst, weights=video_tiny_weights, device="cpu", window=4, segment_seconds=0
             )
-    code, _, err = run_cli(src, "-o", dst, "--resume", "--time-factor", "1")
-    assert code == 2 and "cannot resume" in err and "time_factor" in err
+    code, _, err = run_cli(src, "-o", dst, "--resume", *option)
+    assert code == 2 and "cannot resume" in err and key in err
     # Without --resume the old work is discarded and the run starts over.
     code, _, err = run_cli(src, "-o", dst)
     assert code == 0 and "discarding" in caplog.text

@@ -5,10 +5,12 @@ Public API::
     import zsm
     model = zsm.load_model("zsm-compact")        # or a .safetensors path
     hr = model(lr)                                # (B, n, 3, H, W) -> (B, 2n-1, 3, 4H, 4W)
+    hr = zsm.SelfEnsemble(model, 8)(lr)           # the same, averaged over 8 flips/reversals
 """
 
 from zsm.errors import InputError, OutputError, WeightsError, ZSMError
 from zsm.models import PRESETS, ZoomingSlowMo, ZSMConfig
+from zsm.models.ensemble import SelfEnsemble
 from zsm.models.registry import load_model, registered_weights
 from zsm.models.weights import read_official_checkpoint, save_weights
 from zsm.upscale import upscale_batch, upscale_frames, upscale_video
@@ -19,6 +21,7 @@ __all__ = [
     "PRESETS",
     "InputError",
     "OutputError",
+    "SelfEnsemble",
     "WeightsError",
     "ZSMConfig",
     "ZSMError",

@@ -29,6 +29,7 @@ from zsm.data.degrade import SCALE, make_lr_clip
 from zsm.errors import InputError
 from zsm.eval_data import find_clips
 from zsm.metrics import LPIPS, psnr_y, rgb_to_y, ssim_y
+from zsm.models.ensemble import check_passes
 from zsm.upscale import upscale_frames
 
 RECONSTRUCTED = "reconstructed"
@@ -49,8 +50,10 @@ class EvalOptions:
     lpips: bool = False  # also LPIPS (needs the optional ``lpips`` package)
     progress: bool = True  # a progress bar per clip on stderr
     device: str = "cpu"  # where the model runs
+    ensemble: int = 1  # passes of the model's self-ensemble (zsm.models.ensemble)
 
     def __post_init__(self) -> None:
+        check_passes(self.ensemble)
         if self.crop_border < 0:
             raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
         if self.max_frames is not None and self.max_frames < 3:
@@ -144,14 +147,22 @@ def run_model_on_clip(
 
 
 def model_frames(
-    model: torch.nn.Module, lr_frames: np.ndarray, *, device: str | torch.device = "cpu"
+    model: torch.nn.Module,
+    lr_frames: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+    ensemble: int = 1,
 ) -> Iterator[np.ndarray]:
-    """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time."""
+    """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time.
+
+    ``ensemble``: passes of the self-ensemble (:mod:`zsm.models.ensemble`).
+    """
     n = len(lr_frames)
     # The pipeline holds the last frame for a 2n-th slot (2x frame rate); the scored frames
     # are the 2n-1 that lie on or between inputs.
     count = 0
-    for frame in itertools.islice(upscale_frames(lr_frames, model=model, device=device), 2 * n - 1):
+    frames = upscale_frames(lr_frames, model=model, device=device, ensemble=ensemble)
+    for frame in itertools.islice(frames, 2 * n - 1):
         count += 1
         yield frame
     if count != 2 * n - 1:
@@ -345,7 +356,9 @@ def evaluate(
     methods: dict[str, Method] = {b: BASELINES[b] for b in baselines}
     if model is not None:
         model = model.to(options.device).eval()
-        methods[MODEL_METHOD] = lambda lr: model_frames(model, lr, device=options.device)
+        methods[MODEL_METHOD] = lambda lr: model_frames(
+            model, lr, device=options.device, ensemble=options.ensemble
+        )
     if not methods:
         raise InputError("nothing to evaluate: no model and no baselines")
     subject = MODEL_METHOD if model is not None else "bicubic-flow"

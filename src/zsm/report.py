@@ -19,7 +19,7 @@ MAX_MD_CLIPS = 40  # larger sets (Vimeo-90K: 7824 clips) list only the average i
 
 def protocol(result: EvaluationResult) -> dict[str, str]:
     """How the numbers were made, in words that go into both report files."""
-    border = result.options.crop_border
+    border, passes = result.options.crop_border, result.options.ensemble
     return {
         "degradation": "LR = MATLAB-style bicubic x4 down-scaling (antialiased, a=-0.5) of "
         "HR frames 0, 2, 4, ... (1-based: the odd frames), rounded to 8 bits",
@@ -31,6 +31,10 @@ def protocol(result: EvaluationResult) -> dict[str, str]:
         "ssim": "Wang et al. ssim.m: 11x11 Gaussian window, sigma 1.5, K=(0.01, 0.03), "
         "L=255, mean over valid window positions",
         "border_crop": f"{border} px on every side" if border else "none (0 px)",
+        "ensemble": f"model output averaged over {passes} transformed passes (self-ensemble; "
+        "see zsm.models.ensemble)"
+        if passes > 1
+        else "none (one pass of the model)",
         "averages": "per clip: mean over its frames; overall: mean of the clip means",
         "fps": "output HR frames per second of each method in this run (bicubic "
         "enlargement included; decoding, degradation and scoring excluded)",

@@ -28,6 +28,7 @@ import torch
 from zsm.atomic import describe_os_error
 from zsm.device import half_dtype, memory_budget, resolve_device, torch_threads
 from zsm.errors import InputError, OutputError, ZSMError
+from zsm.models.ensemble import check_passes, with_ensemble
 from zsm.models.registry import DEFAULT_WEIGHTS, load_model, resolve_weights
 from zsm.video.encode import DEFAULT_CRF, EncodeSettings, choose_codec, container_format
 from zsm.video.io import FRAME_NAME, VideoInfo, list_images, list_videos, probe
@@ -80,8 +81,14 @@ def build_pipeline(
     window_overlap: int | None = None,
     tile: int | None = None,
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    ensemble: int = 1,
 ) -> Pipeline:
-    """The :class:`~zsm.video.pipeline.Pipeline` the other functions run (model loaded)."""
+    """The :class:`~zsm.video.pipeline.Pipeline` the other functions run (model loaded).
+
+    ``ensemble`` > 1 averages that many transformed passes of the network
+    (:class:`~zsm.models.ensemble.SelfEnsemble`; 1, 2, 4, 8 or 16).
+    """
+    check_passes(ensemble)
     plan = WindowPlan.fitted(window, window_overlap)
     if window_overlap is not None and plan.overlap < window_overlap:
         log.warning(
@@ -99,6 +106,10 @@ def build_pipeline(
         # NHWC convs: the official network makes 14% more frames/s on an H200 (fp32 and
         # fp16), same output to 1e-4; see benchmarks/README.md. CPUs keep NCHW.
         model = model.to(memory_format=torch.channels_last)
+    if isinstance(model, torch.nn.Module):
+        model = with_ensemble(model, ensemble)
+    elif ensemble != 1:
+        raise ValueError("ensemble needs a torch.nn.Module model, not a plain callable")
     return Pipeline(
         model=model,
         device=dev,
@@ -122,11 +133,13 @@ def upscale_frames(
     tile: int | None = None,
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     time_factor: int = 2,
+    ensemble: int = 1,
 ) -> Iterator[np.ndarray]:
     """Upscale ``frames`` ((H, W, 3) uint8 RGB, one size) lazily.
 
     Yields (4H, 4W, 3) uint8 frames: 2n for n inputs (``time_factor=2``) or n
     (``time_factor=1``), holding only one temporal window in memory.
+    ``ensemble``: see :func:`build_pipeline`.
     """
     _check_time_factor(time_factor)
     pipe = build_pipeline(
@@ -138,6 +151,7 @@ def upscale_frames(
         window_overlap=window_overlap,
         tile=tile,
         tile_overlap=tile_overlap,
+        ensemble=ensemble,
     )
     try:
         for win, chunk in pipe.run(_checked(frames)):
@@ -192,6 +206,7 @@ def upscale_video(
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     threads: int | None = None,
     time_factor: int = 2,
+    ensemble: int = 1,
     codec: str | None = None,
     crf: int = DEFAULT_CRF,
     fps: Fraction | float | None = None,
@@ -214,6 +229,7 @@ def upscale_video(
     """
     started = time.monotonic()
     _check_time_factor(time_factor)
+    check_passes(ensemble)
     if max_frames is not None and max_frames < 2:
         raise ValueError(f"max_frames must be >= 2, got {max_frames}")
     src, folder_out = Path(src), is_folder_output(dst)
@@ -230,7 +246,9 @@ def upscale_video(
     dev = resolve_device(device)
     plan = WindowPlan.fitted(window, window_overlap)
     output_kind = "png" if folder_out else f"{codec_name} crf {crf}"
-    key = _run_key(info, weights, weights_path, model, plan, time_factor, output_kind, max_frames)
+    key = _run_key(
+        info, weights, weights_path, model, plan, time_factor, output_kind, max_frames, ensemble
+    )
     work = WorkDir.open(dst, key, resume=resume)
     try:
         with torch_threads(threads):
@@ -245,6 +263,7 @@ def upscale_video(
                     window_overlap=window_overlap,
                     tile=tile,
                     tile_overlap=tile_overlap,
+                    ensemble=ensemble,
                 )
             settings = EncodeSettings(
                 codec=codec_name or "",
@@ -325,6 +344,7 @@ def _run_key(
     time_factor: int,
     output_kind: str,
     max_frames: int | None,
+    ensemble: int,
 ) -> dict[str, Any]:
     """What must not change between an interrupted run and its ``--resume``."""
     if info.is_folder:
@@ -345,6 +365,8 @@ def _run_key(
         "output": output_kind,
         "fps": str(info.fps),
         "max_frames": max_frames,
+        # Only when used: work folders made before --ensemble existed still resume.
+        **({"ensemble": ensemble} if ensemble != 1 else {}),
     }
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from zsm.baselines import BASELINES
+    from zsm.cli.upscale import add_ensemble_option
 
     p = sub.add_parser(
         "evaluate",
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pixels dropped on each side before scoring (default: 0, no crop)",
     )
     p.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
+    add_ensemble_option(p)
     p.add_argument("--lpips", action="store_true", help='also LPIPS (pip install "zsm[lpips]")')
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         lpips=args.lpips,
         progress=not args.no_progress,
         device=args.device,
+        ensemble=args.ensemble,
     )
     result = evaluate(args.data, model=model, weights=weights, baselines=baselines, options=options)
     write_report(result, args.output)

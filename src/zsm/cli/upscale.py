@@ -28,6 +28,22 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def add_ensemble_option(p: argparse.ArgumentParser) -> None:
+    """``--ensemble N``, shared by ``upscale`` and ``evaluate``."""
+    from zsm.models.ensemble import ENSEMBLE_PASSES
+
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        choices=ENSEMBLE_PASSES,
+        default=1,
+        metavar="N",
+        help="average N passes of the network over flips, time reversal and transposition "
+        "(1, 2, 4, 8 or 16; default 1): N times slower, a little sharper "
+        "(+0.1 dB at 8 on our validation clips)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "upscale",
@@ -59,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile-overlap", type=int_at_least(0), default=16, help="tile halo in input pixels (16)"
     )
+    add_ensemble_option(p)
     p.add_argument(
         "--time-factor",
         type=int,
@@ -105,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         tile_overlap=args.tile_overlap,
         threads=args.threads,
         time_factor=args.time_factor,
+        ensemble=args.ensemble,
         codec=args.codec,
         crf=args.crf,
         fps=args.fps,

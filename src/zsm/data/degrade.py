@@ -231,23 +231,40 @@ def make_lr_clip(
             raise ValueError(
                 f"expected a uint8 clip (T, H, W, 3), got dtype {hr.dtype} shape {hr.shape}"
             )
-        frames = torch.from_numpy(hr).permute(0, 3, 1, 2).double() / 255.0  # (T, 3, H, W)
-        lr = make_lr_clip(
-            frames,
-            scale=scale,
-            noise_sigma=noise_sigma,
-            jpeg_quality=jpeg_quality,
-            generator=generator,
-        )[0]
-        return _to_uint8(lr.permute(0, 2, 3, 1).numpy() * 255.0), hr
+        if len(hr) < 1:
+            raise ValueError("expected at least one HR frame, got 0")
+        # A few input frames at a time: float64 copies of a whole clip would take 8x its
+        # bytes (5 GB peak for a 250-frame 640x272 clip when done at once).
+        chunks = []
+        for start in range(0, (len(hr) + 1) // 2, _UINT8_CHUNK):
+            kept = hr[2 * start : 2 * (start + _UINT8_CHUNK) : 2]
+            frames = torch.from_numpy(kept).permute(0, 3, 1, 2).double() / 255.0  # (t, 3, H, W)
+            lr = _degrade(frames, scale, True, noise_sigma, jpeg_quality, generator)
+            chunks.append(_to_uint8(lr.permute(0, 2, 3, 1).numpy() * 255.0))
+        return np.concatenate(chunks), hr
     if hr.dim() != 4 or hr.shape[1] != 3:
         raise ValueError(f"expected an HR clip (T, 3, H, W), got shape {tuple(hr.shape)}")
     if hr.shape[0] < 1:
         raise ValueError("expected at least one HR frame, got 0")
-    lr = bicubic_downscale(hr[0::2], scale)
+    return _degrade(hr[0::2], scale, quantize_lr, noise_sigma, jpeg_quality, generator), hr
+
+
+_UINT8_CHUNK = 4  # input frames degraded at once on the uint8 path
+
+
+def _degrade(
+    frames: torch.Tensor,
+    scale: int,
+    quantize_lr: bool,
+    noise_sigma: float,
+    jpeg_quality: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The LR version of every one of ``frames`` (float (t, 3, H, W)): see make_lr_clip."""
+    lr = bicubic_downscale(frames, scale)
     lr = add_gaussian_noise(lr, noise_sigma, generator=generator)
     if quantize_lr or jpeg_quality is not None:
         lr = quantize(lr)
     if jpeg_quality is not None:
         lr = jpeg_compress(lr, jpeg_quality)
-    return lr, hr
+    return lr

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from zsm.device import precision
+from zsm.models.ensemble import SelfEnsemble, unwrap
 from zsm.models.reconstruct import Reconstructor
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP, plan_tiles, tile_for_budget
 from zsm.video.windows import Window, WindowPlan, iter_windows
@@ -40,8 +41,12 @@ def bytes_per_pixel_frame(model: object, device: torch.device | None = None) -> 
     dominate: measured 4.2-5.0 KB and 7.5 KB, 2.5 KB and 5.1 KB since CPU
     inference runs channels-last; this gives 9.2 KB and 18.4 KB. (A smaller
     estimate, 4.6 KB, made 348-px instead of 236-px tiles for a 720p input and
-    was no faster: 236.1 s vs 224.5-234.5 s for 4 -> 8 frames.)
+    was no faster: 236.1 s vs 224.5-234.5 s for 4 -> 8 frames.) A
+    :class:`~zsm.models.ensemble.SelfEnsemble` adds its running sum and one
+    untransformed output: 2 x 384 bytes.
     """
+    extra = 768.0 if isinstance(model, SelfEnsemble) else 0.0
+    model = unwrap(model)
     config = getattr(model, "config", None)
     nf = getattr(config, "nf", 64)
     hr_nf = getattr(config, "hr_nf", 64)
@@ -51,8 +56,8 @@ def bytes_per_pixel_frame(model: object, device: torch.device | None = None) -> 
         and isinstance(reconstruct, Reconstructor)
         and reconstruct.banded_on(device)
     ):
-        return 128.0 * hr_nf + 160.0 * nf
-    return 512.0 * hr_nf + 96.0 * nf
+        return 128.0 * hr_nf + 160.0 * nf + extra
+    return 512.0 * hr_nf + 96.0 * nf + extra
 
 
 @dataclass
