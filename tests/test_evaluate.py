@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import zsm
+import zsm.evaluate
 from zsm.baselines import BASELINES
 from zsm.cli import main
 from zsm.data.degrade import make_lr_clip
@@ -23,6 +24,7 @@ from zsm.evaluate import (
     RECONSTRUCTED,
     EvalOptions,
     evaluate,
+    evaluate_clip,
     prepare_clip,
     run_model_on_clip,
 )
@@ -108,11 +110,42 @@ def test_clips_are_found_in_every_layout(tmp_path: Path, vid4_like: Path) -> Non
 
 
 def test_prepare_clip_crops_to_multiples_of_4_and_odd_length() -> None:
-    hr, notes = prepare_clip(moving_clip(6, 50, 66))
-    assert hr.shape == (5, 48, 64, 3)
-    assert len(notes) == 2
+    hr = moving_clip(6, 50, 66)
+    prep = prepare_clip(iter(hr))
+    assert (prep.count, prep.height, prep.width) == (5, 48, 64)
+    assert len(prep.notes) == 2
+    np.testing.assert_array_equal(prep.lr, make_lr_clip(hr[:5, :48, :64])[0])
+    np.testing.assert_array_equal(np.stack(list(prep.targets(()))), hr[:5, :48, :64])
     with pytest.raises(zsm.InputError, match="at least 3"):
-        prepare_clip(moving_clip(2))
+        prepare_clip(iter(moving_clip(2)))
+    with pytest.raises(zsm.InputError, match="too small"):
+        prepare_clip(iter(moving_clip(3, 3, 8)))
+    with pytest.raises(zsm.InputError, match="first frame is 64x48"):
+        prepare_clip(iter([*moving_clip(2), moving_clip(1, 40, 64)[0]]))
+
+
+def test_clips_too_large_to_keep_are_read_twice(vid4_like: Path, monkeypatch) -> None:
+    """Only the LR input stays in memory; the targets are read again, frame by frame."""
+    (clip,) = find_clips(vid4_like / "city")
+    prep = prepare_clip(clip.frames(None), keep_bytes=0)
+    assert prep.frames is None and prep.count == T
+    methods = {"bicubic-flow": BASELINES["bicubic-flow"]}
+    options = EvalOptions(progress=False)
+    kept = evaluate_clip("city", clip.load(), methods, options)
+    reads = []
+
+    def read():
+        reads.append(1)
+        return clip.frames(None)
+
+    monkeypatch.setattr(zsm.evaluate, "KEEP_FRAMES_BYTES", 0)
+    streamed = evaluate_clip("city", read, methods, options)
+    assert len(reads) == 2
+    assert streamed.scores["bicubic-flow"].psnr == kept.scores["bicubic-flow"].psnr
+    # A clip that changes between the two readings is an error, not a silent mismatch.
+    readings = iter([clip.frames(None), clip.frames(3)])
+    with pytest.raises(zsm.InputError, match="second reading"):
+        evaluate_clip("city", lambda: next(readings), methods, options)
 
 
 def test_run_model_on_clip_gives_2n_minus_1_uint8_frames(tiny_model) -> None:

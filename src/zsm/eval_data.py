@@ -7,14 +7,15 @@ DATA may be
   frames in ``sequences/00001/0266/im1.png .. im7.png`` beside the list),
 - a single video file (decoded with PyAV).
 
-Frames are loaded only when a clip is evaluated, as uint8 RGB (T, H, W, 3).
+Frames are read only when a clip is evaluated, one at a time, as uint8 RGB
+(H, W, 3): a clip never needs to fit in memory.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,17 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 
 @dataclass(frozen=True)
 class Clip:
-    """A named HR sequence whose frames are read by ``load(max_frames)``."""
+    """A named HR sequence; ``frames(max_frames)`` reads it anew, one frame at a time."""
 
     name: str
-    load: Callable[[int | None], np.ndarray]
+    frames: Callable[[int | None], Iterator[np.ndarray]]
+
+    def load(self, max_frames: int | None = None) -> np.ndarray:
+        """The first ``max_frames`` frames (all by default) at once, (T, H, W, 3)."""
+        frames = list(self.frames(max_frames))
+        if not frames:
+            raise InputError(f"{self.name} contains no frames")
+        return np.stack(frames)
 
 
 def find_clips(data: Path | str) -> list[Clip]:
@@ -44,15 +52,15 @@ def find_clips(data: Path | str) -> list[Clip]:
             return _vimeo_clips(data)
         if data.suffix.lower() in IMAGE_SUFFIXES:
             raise InputError(f"{data} is a single image; evaluation needs a sequence of frames")
-        return [Clip(data.stem, lambda m, path=data: read_video(path, m))]
+        return [Clip(data.stem, lambda m, path=data: iter_video(path, m))]
     frames = _image_files(data)
     if frames:
-        return [Clip(data.name, lambda m, files=frames: read_frames(files, m))]
+        return [Clip(data.name, lambda m, files=frames: iter_images(files, m))]
     clips = []
     for sub in sorted((d for d in data.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name)):
         files = _image_files(sub)
         if files:
-            clips.append(Clip(sub.name, lambda m, files=files: read_frames(files, m)))
+            clips.append(Clip(sub.name, lambda m, files=files: iter_images(files, m)))
     if not clips:
         raise InputError(
             f"no frames in {data}: expected images (PNG, JPEG, ...) in it or in its sub-folders"
@@ -81,38 +89,37 @@ def _vimeo_clips(listing: Path) -> list[Clip]:
     for name in names:
         folder = root / name
         files = [folder / f"im{i}.png" for i in range(1, 8)]
-        clips.append(Clip(name, lambda m, files=files: read_frames(files, m)))
+        clips.append(Clip(name, lambda m, files=files: iter_images(files, m)))
     return clips
 
 
-def read_frames(files: list[Path], max_frames: int | None = None) -> np.ndarray:
-    """Image files -> uint8 RGB (T, H, W, 3); all frames must have one size."""
+def iter_images(files: list[Path], max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Image files -> uint8 RGB frames (H, W, 3), one at a time; all must have one size."""
     files = files[:max_frames] if max_frames else files
-    frames = []
+    first: tuple[int, ...] | None = None
     for path in files:
         try:
             with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
+                frame = np.asarray(image.convert("RGB"))
         except FileNotFoundError as exc:
             raise InputError(f"frame not found: {path}") from exc
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"cannot read frame {path}: {exc}") from exc
-        if frames[-1].shape != frames[0].shape:
-            h0, w0 = frames[0].shape[:2]
-            h, w = frames[-1].shape[:2]
+        first = first or frame.shape
+        if frame.shape != first:
+            h0, w0 = first[:2]
+            h, w = frame.shape[:2]
             raise InputError(f"frame {path} is {w}x{h}, but the clip's first frame is {w0}x{h0}")
-    return np.stack(frames)
+        yield frame
 
 
-def read_video(path: Path, max_frames: int | None = None) -> np.ndarray:
-    """A video file's first ``max_frames`` frames (all by default) as uint8 RGB (T, H, W, 3).
+def iter_video(path: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """A video file's first ``max_frames`` frames (all by default), uint8 RGB (H, W, 3).
 
     Decoded by :mod:`zsm.video.io`, as ``zsm upscale`` does: rotation metadata
     honoured, any pixel format converted alike.
     """
     from zsm.video.io import iter_frames, probe
 
-    frames = [f for f in itertools.islice(iter_frames(probe(path)), max_frames) if f is not None]
-    if not frames:
-        raise InputError(f"{path} contains no video frames")
-    return np.stack(frames)
+    frames = itertools.islice(iter_frames(probe(path)), max_frames)
+    yield from (f for f in frames if f is not None)

@@ -12,6 +12,7 @@ apart, as the two tasks differ.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -187,41 +188,93 @@ class _Timed:
             self.seconds += time.perf_counter() - t0
 
 
-def prepare_clip(hr: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Crop H, W to multiples of 4 and T to an odd count; notes say what was cut."""
+@dataclass
+class PreparedClip:
+    """What the first pass over a clip's HR frames gives (see :func:`prepare_clip`)."""
+
+    lr: np.ndarray  # (n, h, w, 3) uint8: the model's and baselines' input
+    count: int  # HR frames scored: the first ``count`` (odd, 2n-1)
+    height: int  # HR frames are cropped to height x width (multiples of 4)
+    width: int
+    notes: list[str]
+    frames: list[np.ndarray] | None  # the cropped HR frames, if they were small enough to keep
+
+    def targets(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The ``count`` ground-truth frames: the kept ones, else ``frames`` read anew."""
+        source = self.frames if self.frames is not None else frames
+        got = 0
+        for frame in itertools.islice(source, self.count):
+            got += 1
+            yield frame[: self.height, : self.width]
+        if got != self.count:
+            raise InputError(f"the clip gave {got} frames on a second reading, {self.count} first")
+
+
+KEEP_FRAMES_BYTES = 512 * 2**20  # HR frames up to this size are kept between the two passes
+
+
+def prepare_clip(frames: Iterable[np.ndarray], *, keep_bytes: int | None = None) -> PreparedClip:
+    """One pass over HR frames: the LR input (:func:`~zsm.data.degrade.make_lr_clip`, one
+    frame at a time), H, W cropped to multiples of 4, T to an odd count; notes say what was
+    cut. Memory: the LR frames (1/32 of the HR clip) plus the HR frames while they fit
+    ``keep_bytes`` (default :data:`KEEP_FRAMES_BYTES`), so that a clip of any length can
+    be scored.
+    """
+    keep_bytes = KEEP_FRAMES_BYTES if keep_bytes is None else keep_bytes
+    lr: list[np.ndarray] = []
+    kept: list[np.ndarray] | None = []
+    t = h = w = h4 = w4 = 0
+    for t, frame in enumerate(frames, start=1):
+        if t == 1:
+            h, w = frame.shape[:2]
+            h4, w4 = h - h % SCALE, w - w % SCALE
+            if h4 == 0 or w4 == 0:
+                raise InputError(f"frames of {w}x{h} are too small for x{SCALE}")
+        elif frame.shape[:2] != (h, w):
+            fh, fw = frame.shape[:2]
+            raise InputError(f"frame {t} is {fw}x{fh}, but the clip's first frame is {w}x{h}")
+        frame = frame[:h4, :w4]
+        if t % 2 == 1:
+            lr.append(make_lr_clip(frame[None])[0][0])
+        if kept is not None:
+            kept.append(frame.copy())  # owns its bytes (a decoded frame may pin more)
+            if len(kept) * frame.nbytes > keep_bytes:
+                kept = None
+    if t < 3:
+        raise InputError(f"a clip needs at least 3 frames (2 inputs), got {t}")
     notes = []
-    t, h, w = hr.shape[:3]
-    h4, w4 = h - h % SCALE, w - w % SCALE
     if (h4, w4) != (h, w):
         notes.append(f"cropped {w}x{h} to {w4}x{h4} (multiple of {SCALE}, bottom/right)")
-        hr = hr[:, :h4, :w4]
-    if t % 2 == 0:
+    count = t if t % 2 else t - 1
+    if count != t:
         notes.append(f"dropped the last of {t} frames (no input follows it to interpolate from)")
-        hr = hr[:-1]
-    if len(hr) < 3:
-        raise InputError(f"a clip needs at least 3 frames (2 inputs), got {t}")
-    if h4 == 0 or w4 == 0:
-        raise InputError(f"frames of {w}x{h} are too small for x{SCALE}")
-    return hr, notes
+    lr = lr[: (count + 1) // 2]
+    return PreparedClip(np.stack(lr), count, h4, w4, notes, kept)
 
 
 def evaluate_clip(
     name: str,
-    hr: np.ndarray,
+    hr: np.ndarray | Callable[[], Iterable[np.ndarray]],
     methods: dict[str, Method],
     options: EvalOptions,
     *,
     lpips: LPIPS | None = None,
     subject: str | None = None,
 ) -> ClipResult:
-    """Score every method on one HR clip (T, H, W, 3) uint8, frame by frame."""
-    hr, notes = prepare_clip(hr)
-    lr, gt = make_lr_clip(hr)
-    kinds = [RECONSTRUCTED if i % 2 == 0 else INTERPOLATED for i in range(len(gt))]
+    """Score every method on one HR clip, frame by frame.
+
+    ``hr``: the clip as uint8 (T, H, W, 3), or a function that reads its
+    frames anew each call (two passes: the LR input first, then the targets).
+    """
+    read = (lambda: iter(hr)) if isinstance(hr, np.ndarray) else hr
+    prep = prepare_clip(read())
+    lr = prep.lr
+    gt = prep.targets(read() if prep.frames is None else ())
+    kinds = [RECONSTRUCTED if i % 2 == 0 else INTERPOLATED for i in range(prep.count)]
     runs = {m: _Timed(lambda fn=fn: fn(lr)) for m, fn in methods.items()}
     scores = {m: MethodScores(lpips=[] if lpips else None) for m in methods}
     tracker = _GainTracker(subject, methods) if subject in methods else None
-    bar = tqdm(total=len(gt), desc=name, unit="frame", disable=not options.progress, leave=True)
+    bar = tqdm(total=prep.count, desc=name, unit="frame", disable=not options.progress, leave=True)
     with bar:
         for i, target in enumerate(gt):
             frames: dict[str, np.ndarray] = {}
@@ -229,7 +282,7 @@ def evaluate_clip(
                 try:
                     frame = next(run)
                 except StopIteration:
-                    raise RuntimeError(f"{method} gave {i} frames for {len(gt)} targets") from None
+                    raise RuntimeError(f"{method} gave {i} of {prep.count} frames") from None
                 if frame.shape != target.shape or frame.dtype != np.uint8:
                     raise RuntimeError(
                         f"{method} gave a {frame.dtype} frame of shape {frame.shape}, "
@@ -246,9 +299,8 @@ def evaluate_clip(
             bar.update(1)
     for method, run in runs.items():
         scores[method].seconds = run.seconds
-    h, w = gt.shape[1:3]
     crops = tracker.examples(options.crop_border) if tracker else []
-    return ClipResult(name, w, h, kinds, scores, notes, crops)
+    return ClipResult(name, prep.width, prep.height, kinds, scores, prep.notes, crops)
 
 
 @dataclass
@@ -365,6 +417,8 @@ def evaluate(
     lpips = LPIPS(device=options.device) if options.lpips else None
     results = []
     for clip in find_clips(data):
-        hr = clip.load(options.max_frames)
-        results.append(evaluate_clip(clip.name, hr, methods, options, lpips=lpips, subject=subject))
+        read = functools.partial(clip.frames, options.max_frames)
+        results.append(
+            evaluate_clip(clip.name, read, methods, options, lpips=lpips, subject=subject)
+        )
     return EvaluationResult(str(data), list(methods), options, weights, results)

@@ -238,7 +238,7 @@ def make_lr_clip(
         chunks = []
         for start in range(0, (len(hr) + 1) // 2, _UINT8_CHUNK):
             kept = hr[2 * start : 2 * (start + _UINT8_CHUNK) : 2]
-            frames = torch.from_numpy(kept).permute(0, 3, 1, 2).double() / 255.0  # (t, 3, H, W)
+            frames = torch.from_numpy(kept.astype(np.float64)).permute(0, 3, 1, 2) / 255.0
             lr = _degrade(frames, scale, True, noise_sigma, jpeg_quality, generator)
             chunks.append(_to_uint8(lr.permute(0, 2, 3, 1).numpy() * 255.0))
         return np.concatenate(chunks), hr
