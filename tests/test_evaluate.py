@@ -115,7 +115,7 @@ def test_prepare_clip_crops_to_multiples_of_4_and_odd_length() -> None:
     assert (prep.count, prep.height, prep.width) == (5, 48, 64)
     assert len(prep.notes) == 2
     np.testing.assert_array_equal(prep.lr, make_lr_clip(hr[:5, :48, :64])[0])
-    np.testing.assert_array_equal(np.stack(list(prep.targets(()))), hr[:5, :48, :64])
+    np.testing.assert_array_equal(np.stack(list(prep.targets(lambda: ()))), hr[:5, :48, :64])
     with pytest.raises(zsm.InputError, match="at least 3"):
         prepare_clip(iter(moving_clip(2)))
     with pytest.raises(zsm.InputError, match="too small"):

@@ -199,11 +199,13 @@ class PreparedClip:
     notes: list[str]
     frames: list[np.ndarray] | None  # the cropped HR frames, if they were small enough to keep
 
-    def targets(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """The ``count`` ground-truth frames: the kept ones, else ``frames`` read anew."""
-        source = self.frames if self.frames is not None else frames
+    def targets(self, read: Callable[[], Iterable[np.ndarray]]) -> Iterator[np.ndarray]:
+        """The ``count`` ground-truth frames: the kept ones, else the clip read anew."""
+        if self.frames is not None:
+            yield from self.frames[: self.count]
+            return
         got = 0
-        for frame in itertools.islice(source, self.count):
+        for frame in itertools.islice(read(), self.count):
             got += 1
             yield frame[: self.height, : self.width]
         if got != self.count:
@@ -269,7 +271,7 @@ def evaluate_clip(
     read = (lambda: iter(hr)) if isinstance(hr, np.ndarray) else hr
     prep = prepare_clip(read())
     lr = prep.lr
-    gt = prep.targets(read() if prep.frames is None else ())
+    gt = prep.targets(read)
     kinds = [RECONSTRUCTED if i % 2 == 0 else INTERPOLATED for i in range(prep.count)]
     runs = {m: _Timed(lambda fn=fn: fn(lr)) for m, fn in methods.items()}
     scores = {m: MethodScores(lpips=[] if lpips else None) for m in methods}

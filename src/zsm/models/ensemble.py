@@ -65,7 +65,7 @@ class SelfEnsemble(nn.Module):
 
     Same call as the wrapped network: ``(B, n, 3, H, W) -> (B, 2n-1, 3, 4H,
     4W)``. The passes run one after another, so memory grows only by the
-    running sum (one output's worth), not ``passes`` times.
+    running sum and one untransformed output, not ``passes`` times.
     """
 
     def __init__(self, model: nn.Module, passes: int = 8) -> None:
