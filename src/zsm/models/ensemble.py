@@ -14,7 +14,7 @@ Transform ``k`` of ``passes`` is the combination of the bits of ``k``:
 So ``passes=2`` is time reversal alone, 8 is every flip with and without
 time reversal, 16 adds transposition. Measured on the validation windows of
 ``configs/zsm-compact-motion.toml`` with ``zsm-compact`` (27.55 dB Y-PSNR
-alone): 2 passes +0.03 dB, 4 +0.10, 8 +0.12, 16 +0.13.
+alone): 2 passes +0.03 dB, 4 +0.08, 8 +0.12, 16 +0.13.
 """
 
 from __future__ import annotations
