@@ -8,20 +8,25 @@ Public API::
     hr = zsm.SelfEnsemble(model, 8)(lr)           # the same, averaged over 8 flips/reversals
 """
 
-from zsm.errors import InputError, OutputError, WeightsError, ZSMError
+from zsm.errors import Cancelled, InputError, OutputError, WeightsError, ZSMError
 from zsm.models import PRESETS, ZoomingSlowMo, ZSMConfig
 from zsm.models.ensemble import SelfEnsemble
 from zsm.models.registry import load_model, registered_weights
 from zsm.models.weights import read_official_checkpoint, save_weights
+from zsm.options import UpscaleOptions
 from zsm.upscale import upscale_batch, upscale_frames, upscale_video
+from zsm.video.progress import Progress
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "Cancelled",
     "InputError",
     "OutputError",
+    "Progress",
     "SelfEnsemble",
+    "UpscaleOptions",
     "WeightsError",
     "ZSMConfig",
     "ZSMError",

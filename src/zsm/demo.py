@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ from zsm.atomic import atomic_path, describe_os_error
 from zsm.device import resolve_device
 from zsm.errors import OutputError, WeightsError
 from zsm.models.registry import DEFAULT_WEIGHTS, registered_weights, resolve_weights
+from zsm.options import UpscaleOptions
 from zsm.upscale import UpscaleResult, upscale_video
 from zsm.video.encode import EncodeSettings, VideoWriter, choose_codec
 from zsm.video.io import iter_frames, probe, write_png
@@ -53,15 +55,15 @@ def demo_clip() -> Path:
 
 def run_demo(
     output_dir: Path | str = "zsm-demo",
+    options: UpscaleOptions | None = None,
     *,
-    weights: str | Path | None = None,
-    device: str = "auto",
-    half: bool = False,
-    threads: int | None = None,
-    max_frames: int | None = None,
     progress: bool | None = None,
+    **changes: Any,
 ) -> DemoResult:
-    """Run the demo (see the module docstring); ``max_frames`` shortens it."""
+    """Run the demo (see the module docstring) with ``options`` and option ``changes``
+    (:class:`~zsm.options.UpscaleOptions`; ``max_frames`` shortens it)."""
+    options = UpscaleOptions.of(options, **changes)
+    weights, max_frames = options.weights, options.max_frames
     if weights is None:
         entry = registered_weights()[DEFAULT_WEIGHTS]
         if not entry.path.is_file():
@@ -71,7 +73,7 @@ def run_demo(
             )
     else:
         resolve_weights(weights)
-    resolve_device(device)
+    resolve_device(options.device)
     out = Path(output_dir)
     created = not out.exists()
     try:
@@ -84,16 +86,7 @@ def run_demo(
         for name in ("input.mp4", "zsm.mp4", "side_by_side.mp4", "contact_sheet.png")
     }
     try:
-        result = upscale_video(
-            clip,
-            paths["zsm.mp4"],
-            weights=weights,
-            device=device,
-            half=half,
-            threads=threads,
-            max_frames=max_frames,
-            progress=progress,
-        )
+        result = upscale_video(clip, paths["zsm.mp4"], options, progress=progress)
         _compare(
             clip,
             paths["zsm.mp4"],

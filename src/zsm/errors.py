@@ -21,3 +21,7 @@ class OutputError(ZSMError):
 
 class WeightsError(ZSMError):
     """A weights file or name cannot be used (unknown, corrupt, mismatched)."""
+
+
+class Cancelled(ZSMError):
+    """A run stopped on request (its ``cancel`` event was set); nothing was written."""

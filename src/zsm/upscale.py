@@ -13,8 +13,10 @@ times (n frames, same rate, 4x size).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,21 +29,21 @@ import torch
 
 from zsm.atomic import describe_os_error
 from zsm.device import half_dtype, memory_budget, resolve_device, torch_threads
-from zsm.errors import InputError, OutputError, ZSMError
-from zsm.models.ensemble import check_passes, with_ensemble
-from zsm.models.registry import DEFAULT_WEIGHTS, load_model, resolve_weights
-from zsm.video.encode import DEFAULT_CRF, EncodeSettings, choose_codec, container_format
+from zsm.errors import Cancelled, InputError, OutputError, ZSMError
+from zsm.models.ensemble import with_ensemble
+from zsm.models.registry import load_model, resolve_weights
+from zsm.options import UpscaleOptions
+from zsm.video.encode import EncodeSettings, choose_codec, container_format
 from zsm.video.io import FRAME_NAME, VideoInfo, list_images, list_videos, probe
 from zsm.video.job import UpscaleJob
 from zsm.video.pipeline import Pipeline, output_frames
+from zsm.video.progress import ProgressCallback
 from zsm.video.resume import WorkDir
-from zsm.video.tiles import DEFAULT_TILE_OVERLAP
-from zsm.video.windows import DEFAULT_WINDOW, TooFewFrames, WindowPlan
+from zsm.video.windows import TooFewFrames, WindowPlan
 
 log = logging.getLogger("zsm")
 
 ModelLike = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
-DEFAULT_SEGMENT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,34 +74,29 @@ class BatchResult:
 
 
 def build_pipeline(
+    options: UpscaleOptions | None = None,
     *,
-    weights: str | Path | None = None,
     model: ModelLike | None = None,
-    device: str | torch.device = "auto",
-    half: bool = False,
-    window: int = DEFAULT_WINDOW,
-    window_overlap: int | None = None,
-    tile: int | None = None,
-    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    ensemble: int = 1,
+    cancel: threading.Event | None = None,
+    **changes: Any,
 ) -> Pipeline:
     """The :class:`~zsm.video.pipeline.Pipeline` the other functions run (model loaded).
 
-    ``ensemble`` > 1 averages that many transformed passes of the network
-    (:class:`~zsm.models.ensemble.SelfEnsemble`; 1, 2, 4, 8 or 16).
+    ``model`` (a loaded network or callable) replaces ``options.weights``;
+    ``changes`` are option overrides (``window=8``); see :class:`UpscaleOptions`.
     """
-    check_passes(ensemble)
-    plan = WindowPlan.fitted(window, window_overlap)
-    if window_overlap is not None and plan.overlap < window_overlap:
+    options = UpscaleOptions.of(options, **changes)
+    plan = WindowPlan.fitted(options.window, options.window_overlap)
+    if options.window_overlap is not None and plan.overlap < options.window_overlap:
         log.warning(
             "zsm: a window of %d frames allows an overlap of at most %d; using %d",
-            window,
+            options.window,
             plan.overlap,
             plan.overlap,
         )
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
     if model is None:
-        model = load_model(weights or DEFAULT_WEIGHTS, device=dev)
+        model = load_model(options.weights_name, device=dev)
     elif isinstance(model, torch.nn.Module):
         model = model.to(dev).eval()
     if dev.type == "cuda" and isinstance(model, torch.nn.Module):
@@ -107,55 +104,47 @@ def build_pipeline(
         # fp16), same output to 1e-4; see benchmarks/README.md. CPUs keep NCHW.
         model = model.to(memory_format=torch.channels_last)
     if isinstance(model, torch.nn.Module):
-        model = with_ensemble(model, ensemble)
-    elif ensemble != 1:
+        model = with_ensemble(model, options.ensemble)
+    elif options.ensemble != 1:
         raise ValueError("ensemble needs a torch.nn.Module model, not a plain callable")
     return Pipeline(
         model=model,
         device=dev,
         plan=plan,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        autocast=half_dtype(dev, half),
-        memory_budget=None if tile is not None else memory_budget(dev),
+        tile=options.tile,
+        tile_overlap=options.tile_overlap,
+        autocast=half_dtype(dev, options.precision == "fp16"),
+        memory_budget=None if options.tile is not None else memory_budget(dev),
+        cancel=cancel,
     )
 
 
 def upscale_frames(
     frames: Iterable[np.ndarray],
+    options: UpscaleOptions | None = None,
     *,
-    weights: str | Path | None = None,
     model: ModelLike | None = None,
-    device: str | torch.device = "auto",
-    half: bool = False,
-    window: int = DEFAULT_WINDOW,
-    window_overlap: int | None = None,
-    tile: int | None = None,
-    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    time_factor: int = 2,
-    ensemble: int = 1,
+    cancel: threading.Event | None = None,
+    **changes: Any,
 ) -> Iterator[np.ndarray]:
     """Upscale ``frames`` ((H, W, 3) uint8 RGB, one size) lazily.
 
     Yields (4H, 4W, 3) uint8 frames: 2n for n inputs (``time_factor=2``) or n
-    (``time_factor=1``), holding only one temporal window in memory.
-    ``ensemble``: see :func:`build_pipeline`.
+    (``time_factor=1``), holding only one temporal window in memory. The
+    options of the encoder, the input and the threads (codec, crf, fps,
+    threads, segment_seconds) do not apply: a generator cannot hold the
+    process's thread count while its caller runs.
     """
-    _check_time_factor(time_factor)
-    pipe = build_pipeline(
-        weights=weights,
-        model=model,
-        device=device,
-        half=half,
-        window=window,
-        window_overlap=window_overlap,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        ensemble=ensemble,
-    )
+    options = UpscaleOptions.of(options, **changes)
+    pipe = build_pipeline(options, model=model, cancel=cancel)
+    frames = _checked(frames)
+    if options.max_frames is not None:
+        frames = itertools.islice(frames, options.max_frames)
     try:
-        for win, chunk in pipe.run(_checked(frames)):
-            outs = [f.numpy() for _, f in output_frames(win, chunk, time_factor=time_factor)]
+        for win, chunk in pipe.run(frames):
+            outs = [
+                f.numpy() for _, f in output_frames(win, chunk, time_factor=options.time_factor)
+            ]
             del chunk  # hold one window, not two, while the next is made
             while outs:
                 yield outs.pop(0)
@@ -178,11 +167,6 @@ def _checked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         yield f
 
 
-def _check_time_factor(time_factor: int) -> None:
-    if time_factor not in (1, 2):
-        raise ValueError(f"time_factor must be 1 or 2, got {time_factor}")
-
-
 # --- one video --------------------------------------------------------------------------
 
 
@@ -195,25 +179,14 @@ def is_folder_output(dst: Path | str) -> bool:
 def upscale_video(
     src: Path | str,
     dst: Path | str,
+    options: UpscaleOptions | None = None,
     *,
-    weights: str | Path | None = None,
     model: ModelLike | None = None,
-    device: str | torch.device = "auto",
-    half: bool = False,
-    window: int = DEFAULT_WINDOW,
-    window_overlap: int | None = None,
-    tile: int | None = None,
-    tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    threads: int | None = None,
-    time_factor: int = 2,
-    ensemble: int = 1,
-    codec: str | None = None,
-    crf: int = DEFAULT_CRF,
-    fps: Fraction | float | None = None,
     resume: bool = False,
-    max_frames: int | None = None,
     progress: bool | None = None,
-    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    **changes: Any,
 ) -> UpscaleResult:
     """Upscale the video file or image folder ``src`` into ``dst``.
 
@@ -221,73 +194,67 @@ def upscale_video(
     subtitles carried over) or, when it ends with ``/`` or is a folder, PNG
     frames ``00000001.png``, ... . Work happens in ``.<dst name>.zsm-work``
     beside ``dst``; a video file appears under its name only when complete.
-    ``resume`` continues an interrupted run from its last finished segment
-    (segments close every ``segment_seconds`` of work). ``fps`` is the frame
-    rate of an image-folder input (default 25); ``max_frames`` processes only
-    the first input frames (audio cut to match). ``progress``: a tqdm bar
-    (``None``: only on a terminal). Other options: see :func:`upscale_frames`.
+    ``resume`` continues an interrupted run from its last finished segment.
+    ``progress``: a tqdm bar (``None``: only on a terminal); ``on_progress``
+    is called with a :class:`~zsm.video.progress.Progress` as frames are
+    written; setting ``cancel`` stops the run before its next window or tile
+    with :class:`~zsm.errors.Cancelled`, leaving neither output nor work
+    folder. ``options`` and the keyword ``changes`` (``window=8``): see
+    :class:`~zsm.options.UpscaleOptions`.
     """
     started = time.monotonic()
-    _check_time_factor(time_factor)
-    check_passes(ensemble)
-    if max_frames is not None and max_frames < 2:
-        raise ValueError(f"max_frames must be >= 2, got {max_frames}")
+    options = UpscaleOptions.of(options, **changes)
     src, folder_out = Path(src), is_folder_output(dst)
     dst = Path(os.path.abspath(dst))
-    info = _probe_input(src, fps)
+    info = _probe_input(src, options.fps)
     if info.frame_count_exact and info.frame_count is not None and info.frame_count < 2:
         raise InputError(f"{src} has only {info.frame_count} frame; need at least 2")
     fmt = codec_name = None
     if not folder_out:
         fmt = container_format(dst)
-        codec_name = choose_codec(fmt, codec)
+        codec_name = choose_codec(fmt, options.codec)
     _check_output(src, dst, folder_out)
-    weights_path = resolve_weights(weights or DEFAULT_WEIGHTS) if model is None else None
-    dev = resolve_device(device)
-    plan = WindowPlan.fitted(window, window_overlap)
-    output_kind = "png" if folder_out else f"{codec_name} crf {crf}"
-    key = _run_key(
-        info, weights, weights_path, model, plan, time_factor, output_kind, max_frames, ensemble
-    )
+    weights_path = resolve_weights(options.weights_name) if model is None else None
+    dev = resolve_device(options.device)
+    plan = WindowPlan.fitted(options.window, options.window_overlap)
+    output_kind = "png" if folder_out else f"{codec_name} crf {options.crf}"
+    key = _run_key(info, options, weights_path, model, plan, output_kind)
     work = WorkDir.open(dst, key, resume=resume)
     try:
-        with torch_threads(threads):
+        with torch_threads(options.threads):
             if work.complete:
                 pipe = None
             else:
                 pipe = build_pipeline(
+                    options.replace(device=str(dev)),
                     model=model if model is not None else load_model(weights_path, device=dev),
-                    device=dev,
-                    half=half,
-                    window=window,
-                    window_overlap=window_overlap,
-                    tile=tile,
-                    tile_overlap=tile_overlap,
-                    ensemble=ensemble,
+                    cancel=cancel,
                 )
             settings = EncodeSettings(
                 codec=codec_name or "",
-                fps=info.fps * time_factor,
+                fps=info.fps * options.time_factor,
                 width=4 * info.width,
                 height=4 * info.height,
-                crf=crf,
-                threads=threads,
+                crf=options.crf,
+                threads=options.threads,
             )
             job = UpscaleJob(
                 info=info,
                 dst=dst,
                 work=work,
                 pipe=pipe,
-                time_factor=time_factor,
-                max_frames=max_frames,
+                time_factor=options.time_factor,
+                max_frames=options.max_frames,
                 progress=progress,
-                segment_seconds=segment_seconds,
+                segment_seconds=options.segment_seconds,
                 fmt=fmt,
                 settings=settings,
+                on_progress=on_progress,
+                cancel=cancel,
             )
             n_in, n_out, resumed = job.run()
-    except BaseException:
-        if work.segments:
+    except BaseException as exc:
+        if work.segments and not isinstance(exc, Cancelled):
             log.warning(
                 "zsm: %d finished output frames kept in %s; rerun with --resume to continue",
                 work.next_frame,
@@ -302,7 +269,7 @@ def upscale_video(
         output=dst,
         input_frames=n_in,
         output_frames=n_out,
-        fps=info.fps * time_factor,
+        fps=info.fps * options.time_factor,
         width=4 * info.width,
         height=4 * info.height,
         seconds=time.monotonic() - started,
@@ -310,7 +277,7 @@ def upscale_video(
     )
 
 
-def _probe_input(src: Path, fps: Fraction | float | None) -> VideoInfo:
+def _probe_input(src: Path, fps: Fraction | None) -> VideoInfo:
     if src.is_dir() and not list_images(src) and list_videos(src):
         raise InputError(
             f"{src} is a folder of videos, not of frames; "
@@ -337,14 +304,11 @@ def _check_output(src: Path, dst: Path, folder_out: bool) -> None:
 
 def _run_key(
     info: VideoInfo,
-    weights: str | Path | None,
+    options: UpscaleOptions,
     weights_path: Path | None,
     model: ModelLike | None,
     plan: WindowPlan,
-    time_factor: int,
     output_kind: str,
-    max_frames: int | None,
-    ensemble: int,
 ) -> dict[str, Any]:
     """What must not change between an interrupted run and its ``--resume``."""
     if info.is_folder:
@@ -356,17 +320,17 @@ def _run_key(
         ws = weights_path.stat()
         wid = f"{weights_path.resolve()} ({ws.st_size} bytes, mtime {ws.st_mtime_ns})"
     else:
-        wid = f"model object {type(model).__name__} ({weights or 'unnamed'})"
+        wid = f"model object {type(model).__name__} ({options.weights or 'unnamed'})"
     return {
         "input": f"{info.path.resolve()} ({ident})",
         "weights": wid,
         "window": [plan.size, plan.overlap],
-        "time_factor": time_factor,
+        "time_factor": options.time_factor,
         "output": output_kind,
         "fps": str(info.fps),
-        "max_frames": max_frames,
+        "max_frames": options.max_frames,
         # Only when used: work folders made before --ensemble existed still resume.
-        **({"ensemble": ensemble} if ensemble != 1 else {}),
+        **({"ensemble": options.ensemble} if options.ensemble != 1 else {}),
     }
 
 
@@ -376,19 +340,23 @@ def _run_key(
 def upscale_batch(
     src_dir: Path | str,
     dst_dir: Path | str,
+    options: UpscaleOptions | None = None,
     *,
     ext: str = ".mp4",
-    weights: str | Path | None = None,
     model: ModelLike | None = None,
-    device: str | torch.device = "auto",
-    **options: Any,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    **changes: Any,
 ) -> BatchResult:
     """Upscale every video file of ``src_dir`` into ``dst_dir/<name><ext>``.
 
     Outputs already present are skipped (they are complete: outputs appear
     only when finished); a failing input is recorded in the result and the
-    batch goes on. ``options`` are those of :func:`upscale_video`.
+    batch goes on. The other arguments are those of :func:`upscale_video`.
     """
+    options = UpscaleOptions.of(options, **changes)
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not src_dir.is_dir():
         raise InputError(f"input folder not found: {src_dir}")
@@ -401,9 +369,10 @@ def upscale_batch(
         dst_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, dst_dir)) from exc
-    dev = resolve_device(device)
+    dev = resolve_device(options.device)
+    options = options.replace(device=str(dev))
     if model is None:
-        model = load_model(weights or DEFAULT_WEIGHTS, device=dev)
+        model = load_model(options.weights_name, device=dev)
     stems = [v.stem for v in videos]
     result = BatchResult()
     for video in videos:
@@ -414,8 +383,19 @@ def upscale_batch(
             continue
         try:
             result.done.append(
-                upscale_video(video, out, model=model, weights=weights, device=dev, **options)
+                upscale_video(
+                    video,
+                    out,
+                    options,
+                    model=model,
+                    resume=resume,
+                    progress=progress,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                )
             )
+        except Cancelled:
+            raise
         except ZSMError as exc:
             log.warning("zsm: %s failed: %s", video.name, exc)
             result.failed.append((video, str(exc)))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from zsm.cli.args import int_at_least
-from zsm.cli.upscale import add_model_options
+from zsm.cli.upscale import add_model_options, options_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from zsm.demo import run_demo
 
     result = run_demo(
-        args.output_dir,
-        weights=args.weights,
-        device=args.device,
-        half=args.half,
-        threads=args.threads,
-        max_frames=args.frames,
-        progress=False if args.quiet else None,
+        args.output_dir, options_from_args(args), progress=False if args.quiet else None
     )
     if not args.quiet:
         up = result.upscale

@@ -6,6 +6,42 @@ import argparse
 from pathlib import Path
 
 from zsm.cli.args import frame_rate, int_at_least
+from zsm.device import DEVICES
+from zsm.options import (
+    DEFAULT_FOLDER_FPS,
+    DEFAULTS,
+    ENSEMBLE_PASSES,
+    TIME_FACTORS,
+    UpscaleOptions,
+)
+
+# Option fields the CLI sets from arguments of the same name (unset arguments are None,
+# so the library's defaults apply); --frames is max_frames, --half is precision fp16.
+OPTION_ARGS = (
+    "weights",
+    "device",
+    "threads",
+    "window",
+    "window_overlap",
+    "tile",
+    "tile_overlap",
+    "ensemble",
+    "time_factor",
+    "codec",
+    "crf",
+    "fps",
+    "segment_seconds",
+)
+
+
+def options_from_args(args: argparse.Namespace) -> UpscaleOptions:
+    """The :class:`~zsm.options.UpscaleOptions` that the parsed arguments name."""
+    given = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k, None) is not None}
+    if getattr(args, "frames", None) is not None:
+        given["max_frames"] = args.frames
+    if getattr(args, "half", False):
+        given["precision"] = "fp16"
+    return UpscaleOptions(**given)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -13,13 +49,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         metavar="NAME|PATH",
-        help="registered weights name or .safetensors file (default: the bundled zsm-compact)",
+        help=f"registered weights name or .safetensors file (default: {DEFAULTS.weights_name})",
     )
     p.add_argument(
         "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda", "mps"),
-        help="where the network runs (default: auto = cuda, then mps, then cpu)",
+        choices=DEVICES,
+        help=f"where the network runs (default: {DEFAULTS.device} = cuda, then mps, then cpu)",
     )
     p.add_argument("--half", action="store_true", help="float16 autocast on a GPU (ignored on CPU)")
     p.add_argument(
@@ -30,17 +65,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_ensemble_option(p: argparse.ArgumentParser) -> None:
     """``--ensemble N``, shared by ``upscale`` and ``evaluate``."""
-    from zsm.models.ensemble import ENSEMBLE_PASSES
-
     p.add_argument(
         "--ensemble",
         type=int,
         choices=ENSEMBLE_PASSES,
-        default=1,
         metavar="N",
         help="average N passes of the network over flips, time reversal and transposition "
-        "(1, 2, 4, 8 or 16; default 1): N times slower, a little sharper "
-        "(+0.1 dB at 8 on our validation clips)",
+        f"({', '.join(map(str, ENSEMBLE_PASSES))}; default {DEFAULTS.ensemble}): N times "
+        "slower, a little sharper (+0.1 dB at 8 on our validation clips)",
     )
 
 
@@ -62,33 +94,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_options(p)
     p.add_argument(
-        "--window", type=int_at_least(2), default=12, help="input frames per temporal window (12)"
+        "--window",
+        type=int_at_least(2),
+        help=f"input frames per temporal window ({DEFAULTS.window})",
     )
     p.add_argument(
         "--window-overlap",
         type=int_at_least(0),
-        help="frames of context dropped at each window edge (default 2)",
+        help=f"frames of context dropped at each window edge (default {DEFAULTS.overlap})",
     )
     p.add_argument(
         "--tile", type=int_at_least(1), help="spatial tile size in input pixels (default: auto)"
     )
     p.add_argument(
-        "--tile-overlap", type=int_at_least(0), default=16, help="tile halo in input pixels (16)"
+        "--tile-overlap",
+        type=int_at_least(0),
+        help=f"tile halo in input pixels ({DEFAULTS.tile_overlap})",
     )
     add_ensemble_option(p)
     p.add_argument(
         "--time-factor",
         type=int,
-        choices=(1, 2),
-        default=2,
-        help="2: double the frame rate (default); 1: only 4x the size",
+        choices=TIME_FACTORS,
+        help=f"2: double the frame rate; 1: only 4x the size (default {DEFAULTS.time_factor})",
     )
     p.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
     p.add_argument(
-        "--crf", type=int_at_least(0), default=18, help="encoder quality (lower = better; 18)"
+        "--crf",
+        type=int_at_least(0),
+        help=f"encoder quality (lower = better; {DEFAULTS.crf})",
     )
     p.add_argument(
-        "--fps", type=frame_rate, help="frame rate of an image-folder input (default 25)"
+        "--fps",
+        type=frame_rate,
+        help=f"frame rate of an image-folder input (default {DEFAULT_FOLDER_FPS})",
     )
     p.add_argument(
         "--frames", type=int_at_least(2), help="process only the first N input frames (a preview)"
@@ -99,10 +138,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--segment-seconds",
         type=float,
-        default=60.0,
         metavar="S",
         help="close a finished segment in the work folder every S seconds of work; what "
-        "--resume keeps after an interruption (default 60)",
+        f"--resume keeps after an interruption (default {DEFAULTS.segment_seconds:g})",
     )
     p.add_argument(
         "--ext", default=".mp4", help="output container for a folder of videos (default .mp4)"
@@ -115,33 +153,11 @@ def run(args: argparse.Namespace) -> int:
     from zsm.upscale import upscale_batch, upscale_video
     from zsm.video.io import list_images, list_videos
 
-    options = dict(
-        window=args.window,
-        window_overlap=args.window_overlap,
-        tile=args.tile,
-        tile_overlap=args.tile_overlap,
-        threads=args.threads,
-        time_factor=args.time_factor,
-        ensemble=args.ensemble,
-        codec=args.codec,
-        crf=args.crf,
-        fps=args.fps,
-        resume=args.resume,
-        max_frames=args.frames,
-        segment_seconds=args.segment_seconds,
-        half=args.half,
-        progress=False if args.quiet else None,
-    )
+    options = options_from_args(args)
+    how = dict(resume=args.resume, progress=False if args.quiet else None)
     src: Path = args.input
     if src.is_dir() and not list_images(src) and list_videos(src):
-        result = upscale_batch(
-            src,
-            Path(args.output),
-            ext=args.ext,
-            weights=args.weights,
-            device=args.device,
-            **options,
-        )
+        result = upscale_batch(src, Path(args.output), options, ext=args.ext, **how)
         if not args.quiet:
             for r in result.done:
                 print(f"wrote {r.output}")
@@ -156,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 f"inputs failed: {causes}"
             )
         return 0
-    r = upscale_video(src, args.output, weights=args.weights, device=args.device, **options)
+    r = upscale_video(src, args.output, options, **how)
     if not args.quiet:
         extra = f", {r.resumed_frames} resumed" if r.resumed_frames else ""
         print(

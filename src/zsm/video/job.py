@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from zsm.atomic import atomic_path, describe_os_error
 from zsm.errors import InputError, OutputError
@@ -27,6 +27,7 @@ from zsm.video.encode import EncodeSettings, VideoWriter, segment_format
 from zsm.video.io import FRAME_NAME, VideoInfo, frame_name, iter_frames, write_png
 from zsm.video.mux import SegmentFile, join
 from zsm.video.pipeline import Pipeline, output_frames
+from zsm.video.progress import ProgressCallback, ProgressReporter, check_cancel
 from zsm.video.resume import SegmentRecord, WorkDir
 from zsm.video.windows import TooFewFrames, Window
 
@@ -45,6 +46,8 @@ class UpscaleJob:
     segment_seconds: float
     fmt: str | None  # None: PNG folder
     settings: EncodeSettings
+    on_progress: ProgressCallback | None = None
+    cancel: threading.Event | None = None
 
     def run(self) -> tuple[int, int, int]:
         """(input frames, output frames, resumed output frames)."""
@@ -85,20 +88,19 @@ class UpscaleJob:
         if self.max_frames is not None:
             frames = itertools.islice(frames, self.max_frames)
         seg_suffix = ".mp4" if self.fmt and segment_format(self.settings.codec) == "mp4" else ".mkv"
-        bar = tqdm(
+        bar = ProgressReporter(
             total=self._expected_outputs(),
             initial=work.next_frame,
-            unit="frame",
             desc=self.info.path.name,
-            disable=None if self.progress is None else not self.progress,
-            dynamic_ncols=True,
-            leave=False,
+            bar=self.progress,
+            callback=self.on_progress,
         )
         writer: VideoWriter | None = None
         seg_start: tuple[int, int, float] | None = None  # first window, first frame, clock
         next_frame = work.next_frame
         try:
             for win, chunk in self.pipe.run(frames, first_window=work.next_window):
+                check_cancel(self.cancel)
                 if seg_start is None:
                     seg_start = (win.index, next_frame, time.monotonic())
                     if self.fmt is not None:
@@ -143,9 +145,10 @@ class UpscaleJob:
         chunk: torch.Tensor,
         next_frame: int,
         writer: VideoWriter | None,
-        bar: tqdm,
+        bar: ProgressReporter,
     ) -> int:
         """Write one window's frames; returns the index of the next output frame."""
+        first = next_frame
         for index, frame in output_frames(win, chunk, time_factor=self.time_factor):
             if index != next_frame:
                 raise RuntimeError(f"output frame {index} != expected {next_frame}")
@@ -154,7 +157,7 @@ class UpscaleJob:
             else:
                 write_png(self.work.path / "frames" / frame_name(index), frame.numpy())
             next_frame += 1
-            bar.update(1)
+        bar.update(next_frame - first)
         return next_frame
 
     def _assemble(self, n_in: int) -> None:

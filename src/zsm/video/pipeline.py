@@ -14,6 +14,7 @@ frame rate, the last output frame is shown twice (output 2n-1 repeats output
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import torch
 from zsm.device import precision
 from zsm.models.ensemble import SelfEnsemble, unwrap
 from zsm.models.reconstruct import Reconstructor
+from zsm.video.progress import check_cancel
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP, plan_tiles, tile_for_budget
 from zsm.video.windows import Window, WindowPlan, iter_windows
 
@@ -76,6 +78,7 @@ class Pipeline:
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     autocast: torch.dtype | None = None
     memory_budget: int | None = None
+    cancel: threading.Event | None = None  # checked before every tile
 
     def tile_size(self, height: int, width: int, frames: int | None = None) -> int | None:
         """The core tile side for windows of ``frames`` (default: the plan's size) frames of
@@ -109,6 +112,7 @@ class Pipeline:
             (t, SCALE * h, SCALE * w, 3), dtype=torch.float32 if as_float else torch.uint8
         )
         for tile in plan_tiles(h, w, self.tile_size(h, w, n), self.tile_overlap):
+            check_cancel(self.cancel)
             x = lr[None, :, :, tile.y0 : tile.y1, tile.x0 : tile.x1]  # (1, n, 3, th, tw)
             with precision(self.device, self.autocast):
                 y = self.model(x)

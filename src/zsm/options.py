@@ -1,0 +1,136 @@
+"""One set of upscaling options, shared by the API, the CLI, the web app and the Ray runner.
+
+Defaults live here and only here: the command line leaves an option unset
+(``None``) unless the user gives it, and :meth:`UpscaleOptions.replace`
+keeps the library's default for anything not named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from zsm.models.ensemble import ENSEMBLE_PASSES
+from zsm.models.registry import DEFAULT_WEIGHTS
+from zsm.video.encode import DEFAULT_CRF
+from zsm.video.io import DEFAULT_FOLDER_FPS
+from zsm.video.tiles import DEFAULT_TILE_OVERLAP
+from zsm.video.windows import DEFAULT_WINDOW, DEFAULT_WINDOW_OVERLAP
+
+DEFAULT_SEGMENT_SECONDS = 60.0
+TIME_FACTORS = (1, 2)
+# "fp16" is float16 autocast on a GPU (``--half``); the CPU runs float32.
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpscaleOptions:
+    """How to upscale: the network, where it runs, how the video is cut, how it is written.
+
+    Attributes:
+        weights: a registered weights name or a ``.safetensors`` file (``None``: the
+            bundled :data:`DEFAULT_WEIGHTS`).
+        device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]``, ``mps``.
+        precision: ``fp32``, or ``fp16`` (float16 autocast on a GPU; float32 on a CPU).
+        window: input frames per temporal window.
+        window_overlap: frames of context each window drops at each edge (``None``:
+            :data:`DEFAULT_WINDOW_OVERLAP`, or less if the window is too short for it).
+        tile: core side of the spatial tiles in input pixels (``None``: automatic,
+            from free memory).
+        tile_overlap: halo around each tile in input pixels, cropped after upscaling.
+        ensemble: passes of the self-ensemble (1, 2, 4, 8 or 16).
+        time_factor: 2 doubles the frame rate; 1 keeps it (4x size only).
+        threads: CPU threads for the network and the encoder (``None``: torch's default).
+        codec: video encoder (``None``: the container's first available one).
+        crf: encoder quality, lower is better and larger.
+        fps: frame rate of an image-folder input (``None``: :data:`DEFAULT_FOLDER_FPS`).
+        max_frames: only the first N input frames (``None``: all).
+        segment_seconds: close a finished segment of the work folder this often (what
+            ``resume`` keeps after an interruption).
+    """
+
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    window: int = DEFAULT_WINDOW
+    window_overlap: int | None = None
+    tile: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    ensemble: int = 1
+    time_factor: int = 2
+    threads: int | None = None
+    codec: str | None = None
+    crf: int = DEFAULT_CRF
+    fps: Fraction | None = None
+    max_frames: int | None = None
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, Path):
+            object.__setattr__(self, "weights", str(self.weights))
+        if self.fps is not None and not isinstance(self.fps, Fraction):
+            object.__setattr__(self, "fps", Fraction(self.fps).limit_denominator(1_000_000))
+        _at_least("window", self.window, 2)
+        _at_least("window_overlap", self.window_overlap, 0)
+        _at_least("tile", self.tile, 1)
+        _at_least("tile_overlap", self.tile_overlap, 0)
+        _at_least("threads", self.threads, 1)
+        _at_least("crf", self.crf, 0)
+        _at_least("max_frames", self.max_frames, 2)
+        _one_of("ensemble passes", self.ensemble, ENSEMBLE_PASSES)
+        _one_of("time_factor", self.time_factor, TIME_FACTORS)
+        _one_of("precision", self.precision, PRECISIONS)
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.segment_seconds < 0:  # 0: a segment per window
+            raise ValueError(f"segment_seconds must be >= 0, got {self.segment_seconds}")
+
+    def replace(self, **changes: Any) -> UpscaleOptions:
+        """A copy with ``changes``; an unknown name is a ``TypeError`` naming it."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown upscale option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def of(cls, options: UpscaleOptions | None = None, **changes: Any) -> UpscaleOptions:
+        """``options`` (default: all defaults) with ``changes``; ``half=True`` means fp16."""
+        if changes.pop("half", False):
+            changes["precision"] = "fp16"
+        return (options or cls()).replace(**changes)
+
+    @property
+    def weights_name(self) -> str:
+        """The weights to load: :attr:`weights` or the bundled default."""
+        return self.weights or DEFAULT_WEIGHTS
+
+    @property
+    def overlap(self) -> int:
+        """The window overlap asked for (the default when unset)."""
+        return DEFAULT_WINDOW_OVERLAP if self.window_overlap is None else self.window_overlap
+
+
+def _at_least(name: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _one_of(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+DEFAULTS = UpscaleOptions()  # what the CLI's help shows
+
+__all__ = [
+    "DEFAULTS",
+    "DEFAULT_FOLDER_FPS",
+    "DEFAULT_WEIGHTS",
+    "ENSEMBLE_PASSES",
+    "PRECISIONS",
+    "TIME_FACTORS",
+    "UpscaleOptions",
+]
