@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from zsm import ZoomingSlowMo, ZSMConfig
-from zsm.models.ensemble import (
+from zsm.engine.ensemble import (
     ENSEMBLE_PASSES,
     SelfEnsemble,
     transform,

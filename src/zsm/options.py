@@ -13,7 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from zsm.models.ensemble import ENSEMBLE_PASSES
+from zsm.engine.ensemble import ENSEMBLE_PASSES
 from zsm.models.registry import DEFAULT_WEIGHTS
 from zsm.video.encode import DEFAULT_CRF
 from zsm.video.io import DEFAULT_FOLDER_FPS
