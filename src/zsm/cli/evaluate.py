@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zsm.evaluate import EvaluationResult
+    from zsm.evaluation import EvaluationResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from zsm.baselines import BASELINES
     from zsm.cli.upscale import add_ensemble_option
+    from zsm.evaluation import BASELINES
 
     p = sub.add_parser(
         "evaluate",
@@ -68,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_baselines(text: str) -> list[str]:
-    from zsm.baselines import BASELINES
     from zsm.errors import InputError
+    from zsm.evaluation import BASELINES
 
     text = text.strip().lower()
     if text == "all":
@@ -87,9 +87,8 @@ def parse_baselines(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from zsm.errors import InputError, WeightsError
-    from zsm.evaluate import EvalOptions, evaluate
+    from zsm.evaluation import EvalOptions, evaluate, write_report
     from zsm.models.registry import DEFAULT_WEIGHTS, load_model
-    from zsm.report import write_report
 
     if args.max_frames is not None and args.max_frames < 3:
         raise InputError(f"--max-frames must be >= 3 (two inputs), got {args.max_frames}")
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: EvaluationResult) -> None:
-    from zsm.evaluate import KINDS
+    from zsm.evaluation import KINDS
 
     print(f"{'method':16s}" + "".join(f"{k:>22s}" for k in KINDS) + f"{'fps':>9s}")
     for method, entry in result.summary().items():
