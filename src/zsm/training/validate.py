@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zsm.metrics import psnr_y
+from zsm.evaluation.metrics import psnr_y
 from zsm.models.zsm import bicubic_skip
 
 ValidationClip = tuple[torch.Tensor, torch.Tensor]  # lr (n, 3, h, w), hr (2n-1, 3, 4h, 4w)

@@ -11,8 +11,8 @@ from typing import Any
 from zsm import __version__
 from zsm.atomic import atomic_path, describe_os_error
 from zsm.errors import OutputError
-from zsm.evaluate import INTERPOLATED, KINDS, RECONSTRUCTED, EvaluationResult
-from zsm.plots import plot_crop_grid, plot_psnr_per_frame
+from zsm.evaluation.plots import plot_crop_grid, plot_psnr_per_frame
+from zsm.evaluation.results import INTERPOLATED, KINDS, RECONSTRUCTED, EvaluationResult
 
 MAX_MD_CLIPS = 40  # larger sets (Vimeo-90K: 7824 clips) list only the average in report.md
 
