@@ -17,8 +17,9 @@ from zsm.bench.stages import STAGES, StageTimer, stage_hooks
 from zsm.bench.system import peak_rss_mb
 from zsm.bench.timing import best_of, timed
 from zsm.device import precision
-from zsm.models.config import ZSMConfig
-from zsm.models.zsm import MULTIPLE, ZoomingSlowMo
+from zsm.engine import prepare, rewrites_for
+from zsm.models.config import MULTIPLE, ZSMConfig
+from zsm.models.zsm import ZoomingSlowMo
 
 # The dense reference conv is timed in both memory layouts; the faster one counts.
 DENSE_LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
@@ -54,16 +55,23 @@ def bench_model(
     ``dtype``: autocast dtype (``None``: float32), as ``zsm upscale --half``
     runs the network; the dense reference runs under the same autocast.
     Also times the whole forward pass with no synchronisation between the
-    stages, which gives the output frames per second. ``channels_last`` stores
-    the conv weights (hence the activations they make) as NHWC.
+    stages, which gives the output frames per second. The network timed is
+    the inference engine's (:func:`zsm.engine.prepare`), as ``zsm upscale``
+    runs it; ``channels_last`` stores its conv weights as NHWC (the engine
+    does so by default on CUDA only; without it they stay NCHW there too).
+    FLOPs are counted on the reference network, on whole frames.
     """
     torch.manual_seed(seed)
     width, height = size
-    model = ZoomingSlowMo(config).to(device).eval()
+    reference = ZoomingSlowMo(config).to(device).eval()
     probe_frames = torch.rand(1, 2, 3, 32, 32, device=device)
-    realistic_offsets(model, lambda: model(probe_frames))
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    realistic_offsets(reference, lambda: reference(probe_frames))
+    names = tuple(
+        r.name for r in rewrites_for(device) if channels_last or r.name != "channels-last-weights"
+    )
+    model = prepare(reference, device, rewrites=names).network
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     x = torch.rand(1, frames, 3, height, width, device=device)
     out_frames = 2 * frames - 1
     hp, wp = -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
@@ -78,16 +86,16 @@ def bench_model(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    counter = ConvFlops(model)
-    band_bytes, model.reconstruct.band_bytes = model.reconstruct.band_bytes, 0
-    with precision(device, dtype), stage_hooks(model, counter.enter, counter.leave):
-        # Warm-up; counts the FLOPs of whole frames (the banded HR tail calls its convs
+    counter = ConvFlops(reference)
+    with precision(device, dtype), stage_hooks(reference, counter.enter, counter.leave):
+        # On the reference: the FLOPs of whole frames (the banded HR tail calls its convs
         # directly, past the hooks, and recomputes halo rows: not counted as work).
+        reference(x)
+    counter.remove()
+    with precision(device, dtype):  # warm-up
         model(x)
         for ref in refs.values():
             ref()
-    counter.remove()
-    model.reconstruct.band_bytes = band_bytes
 
     timer = StageTimer(device)
     hooked_times: list[float] = []  # the forward pass synced at every stage boundary

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         lpips=args.lpips,
         progress=not args.no_progress,
         device=str(device),
-        ensemble=args.ensemble,
+        **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
     )
     result = evaluate(args.data, model=model, weights=weights, baselines=baselines, options=options)
     write_report(result, args.output)

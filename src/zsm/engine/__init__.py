@@ -20,11 +20,11 @@ from torch import nn
 
 from zsm.engine.ensemble import SelfEnsemble, with_ensemble
 from zsm.engine.precision import autocast_dtype
-from zsm.engine.rewrites import NAMES, rewrites_for
+from zsm.engine.rewrites import NAMES, Rewrite, rewrites_for
 from zsm.models.descriptor import ModelDescriptor
 from zsm.models.zsm import ZoomingSlowMo
 
-__all__ = ["NAMES", "InferenceModel", "SelfEnsemble", "prepare"]
+__all__ = ["NAMES", "InferenceModel", "Rewrite", "SelfEnsemble", "prepare", "rewrites_for"]
 
 
 class InferenceModel(nn.Module):
@@ -47,11 +47,12 @@ class InferenceModel(nn.Module):
         self.rewrites = rewrites
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None),
-        ):
-            return self.network(frames)
+        # No autocast context for float32, so that an enclosing one (zsm benchmark's) holds.
+        with torch.inference_mode():
+            if self.dtype is None:
+                return self.network(frames)
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                return self.network(frames)
 
     def extra_repr(self) -> str:
         return f"device={self.device}, dtype={self.dtype}, rewrites={list(self.rewrites)}"

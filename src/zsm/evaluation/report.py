@@ -32,7 +32,7 @@ def protocol(result: EvaluationResult) -> dict[str, str]:
         "L=255, mean over valid window positions",
         "border_crop": f"{border} px on every side" if border else "none (0 px)",
         "ensemble": f"model output averaged over {passes} transformed passes (self-ensemble; "
-        "see zsm.models.ensemble)"
+        "see zsm.engine.ensemble)"
         if passes > 1
         else "none (one pass of the model)",
         "averages": "per clip: mean over its frames; overall: mean of the clip means",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zsm.models.ensemble import check_passes
+from zsm.engine.ensemble import check_passes
 
 RECONSTRUCTED = "reconstructed"
 INTERPOLATED = "interpolated"
@@ -29,7 +29,7 @@ class EvalOptions:
     lpips: bool = False  # also LPIPS (needs the optional ``lpips`` package)
     progress: bool = True  # a progress bar per clip on stderr
     device: str = "cpu"  # where the model runs
-    ensemble: int = 1  # passes of the model's self-ensemble (zsm.models.ensemble)
+    ensemble: int = 1  # passes of the model's self-ensemble (zsm.engine.ensemble)
 
     def __post_init__(self) -> None:
         check_passes(self.ensemble)

@@ -58,7 +58,7 @@ def model_frames(
 ) -> Iterator[np.ndarray]:
     """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time.
 
-    ``ensemble``: passes of the self-ensemble (:mod:`zsm.models.ensemble`).
+    ``ensemble``: passes of the self-ensemble (:mod:`zsm.engine.ensemble`).
     """
     n = len(lr_frames)
     # The pipeline holds the last frame for a 2n-th slot (2x frame rate); the scored frames
