@@ -110,7 +110,7 @@ def main() -> int:
             if diff > 1e-6:
                 verdict += "  FAIL (> 1e-6)"
                 failed += 1
-        print(f"{name:18s} {str(value.shape):22s} {verdict}")
+        print(f"{name:18s} {value.shape!s:22s} {verdict}")
     return 1 if failed else 0
 
 
