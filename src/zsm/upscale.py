@@ -102,7 +102,7 @@ def build_pipeline(
         model = load_model(options.weights_name, device=dev)
     if isinstance(model, ZoomingSlowMo | SelfEnsemble):
         model = prepare(model, dev, precision=options.precision, ensemble=options.ensemble)
-    elif options.ensemble != 1 or options.precision != "fp32":
+    elif options.ensemble != 1 or options.precision not in ("fp32", "auto"):
         raise ValueError(
             f"ensemble and precision need a zsm network, not {type(model).__name__}; "
             "a model callable of your own runs as it is"

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from zsm.cli.upscale import add_ensemble_option
+    from zsm.cli.upscale import add_ensemble_option, add_precision_option
     from zsm.evaluation import BASELINES
 
     p = sub.add_parser(
@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     add_ensemble_option(p)
+    add_precision_option(p)
     p.add_argument("--lpips", action="store_true", help='also LPIPS (pip install "zsm[lpips]")')
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=str(device),
         **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
+        **({"precision": args.precision} if args.precision is not None else {}),
     )
     result = evaluate(args.data, model=model, weights=weights, baselines=baselines, options=options)
     write_report(result, args.output)

@@ -35,6 +35,7 @@ def protocol(result: EvaluationResult) -> dict[str, str]:
         "see zsm.engine.ensemble)"
         if passes > 1
         else "none (one pass of the model)",
+        "precision": f"the model in {result.options.precision} (zsm.engine.precision)",
         "averages": "per clip: mean over its frames; overall: mean of the clip means",
         "fps": "output HR frames per second of each method in this run (bicubic "
         "enlargement included; decoding, degradation and scoring excluded)",

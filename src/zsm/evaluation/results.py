@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zsm.engine.ensemble import check_passes
+from zsm.engine.precision import PRECISIONS
 
 RECONSTRUCTED = "reconstructed"
 INTERPOLATED = "interpolated"
@@ -30,9 +31,12 @@ class EvalOptions:
     progress: bool = True  # a progress bar per clip on stderr
     device: str = "cpu"  # where the model runs
     ensemble: int = 1  # passes of the model's self-ensemble (zsm.engine.ensemble)
+    precision: str = "fp32"  # of the model (zsm.engine.precision)
 
     def __post_init__(self) -> None:
         check_passes(self.ensemble)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.crop_border < 0:
             raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
         if self.max_frames is not None and self.max_frames < 3:

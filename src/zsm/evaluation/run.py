@@ -12,6 +12,7 @@ apart, as the two tasks differ.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from zsm.engine.precision import resolve_precision
 from zsm.errors import InputError
 from zsm.evaluation.baselines import BASELINES
 from zsm.evaluation.crops import GainTracker
@@ -55,16 +57,20 @@ def model_frames(
     *,
     device: str | torch.device = "cpu",
     ensemble: int = 1,
+    precision: str = "fp32",
 ) -> Iterator[np.ndarray]:
     """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time.
 
-    ``ensemble``: passes of the self-ensemble (:mod:`zsm.engine.ensemble`).
+    ``ensemble``: passes of the self-ensemble (:mod:`zsm.engine.ensemble`);
+    ``precision``: see :mod:`zsm.engine.precision`.
     """
     n = len(lr_frames)
     # The pipeline holds the last frame for a 2n-th slot (2x frame rate); the scored frames
     # are the 2n-1 that lie on or between inputs.
     count = 0
-    frames = upscale_frames(lr_frames, model=model, device=device, ensemble=ensemble)
+    frames = upscale_frames(
+        lr_frames, model=model, device=str(device), ensemble=ensemble, precision=precision
+    )
     for frame in itertools.islice(frames, 2 * n - 1):
         count += 1
         yield frame
@@ -151,6 +157,9 @@ def evaluate(
 ) -> EvaluationResult:
     """Score the model (if given) and the named baselines on every clip in ``data``."""
     options = options or EvalOptions()
+    # The report names the precision that ran, not "auto".
+    used = resolve_precision(torch.device(options.device), options.precision)
+    options = dataclasses.replace(options, precision=used)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise InputError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
@@ -158,7 +167,11 @@ def evaluate(
     if model is not None:
         model = model.to(options.device).eval()
         methods[MODEL_METHOD] = lambda lr: model_frames(
-            model, lr, device=options.device, ensemble=options.ensemble
+            model,
+            lr,
+            device=options.device,
+            ensemble=options.ensemble,
+            precision=options.precision,
         )
     if not methods:
         raise InputError("nothing to evaluate: no model and no baselines")
