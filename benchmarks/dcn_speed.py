@@ -16,8 +16,7 @@ import json
 import torch
 
 from zsm.bench import _device_name, bench_dcn, resolve_device, use_process_clock
-from zsm.models.deform import available_backends
-from zsm.models.deform_cpu import native_available
+from zsm.ops.dcn import available_backends, native_available
 
 
 def main() -> None:

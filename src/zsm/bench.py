@@ -54,8 +54,9 @@ from torch.nn import functional as F
 
 from zsm.device import precision
 from zsm.models.config import PRESETS, ZSMConfig
-from zsm.models.deform import ModulatedDeformConv2d, modulated_deform_conv2d, select_backend
+from zsm.models.deform import ModulatedDeformConv2d
 from zsm.models.zsm import MULTIPLE, STAGES, ZoomingSlowMo
+from zsm.ops.dcn import modulated_deform_conv2d, select_backend
 
 # The dense reference conv is timed in both memory layouts; the faster one counts.
 DENSE_LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
@@ -250,7 +251,7 @@ def backend_label(device: torch.device) -> str:
     """The deformable-conv backend ``auto`` uses on ``device``, with its variant."""
     name = select_backend(device).name
     if name == "cpu":
-        from zsm.models.deform_cpu import native_available
+        from zsm.ops.dcn import native_available
 
         return "cpu (native C kernel)" if native_available() else "cpu (pure PyTorch)"
     return name

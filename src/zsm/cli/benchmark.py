@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         use_process_clock,
     )
     from zsm.errors import ZSMError
-    from zsm.models.deform import available_backends
+    from zsm.ops.dcn import available_backends
 
     backends = None
     if args.dcn_backends:
