@@ -91,7 +91,7 @@ def _gemm_nchw(
     """``out`` (B, Cout, Ho*Wo) = W @ columns (+ bias), chunk by chunk."""
     geo = sampler.geo
     for i, ch in enumerate(sampler.chunks):
-        cols = sampler.im2col(i)  # (rows, K)
+        cols = sampler.im2col(i).to(wcols.dtype)  # (rows, K), in the GEMM's dtype
         if ch.b1 == ch.b0 + 1:  # part of one image: (Cout, K) @ (K, rows)
             dst = out[ch.b0, :, ch.p0 : ch.p1]
             if bias is None:
@@ -114,7 +114,8 @@ def _gemm_nhwc(
     """``out`` (B*Ho*Wo, Cout), NHWC rows, = columns @ W^T (+ bias), chunk by chunk."""
     wt = wcols.t()
     for i, ch in enumerate(sampler.chunks):
-        cols = sampler.im2col(i)  # (rows, K): the rows of out are the same positions
+        # (rows, K), in the GEMM's dtype: the rows of out are the same positions
+        cols = sampler.im2col(i).to(wcols.dtype)
         dst = out[ch.qa : ch.qb]
         if bias is None:
             torch.mm(cols, wt, out=dst)
@@ -140,33 +141,36 @@ class _ModulatedDeformConv(torch.autograd.Function):
         bias: torch.Tensor | None,
         padding: int,
         allow_native: bool,
+        gemm_dtype: torch.dtype | None,
     ) -> torch.Tensor:
         geo = geometry(x, offset, mask, weight, padding)
+        gemm = gemm_dtype or x.dtype  # of the GEMMs and the output; sampling in x.dtype
         # NHWC input (channels-last convs around it) is sampled in place and gives
         # NHWC output, whose rows the GEMM writes directly; else group-major, NCHW.
         nhwc = allow_native and channels_last(x) and native_available()
         x_s = x.detach() if nhwc else group_major(x.detach(), geo)
         offset, mask = offset.detach(), mask.detach()
         sampler = make_sampler(x_s, offset, mask, geo, allow_native)
-        wcols = weight_to_cols(weight.detach(), geo)  # (Cout, K)
+        wcols = weight_to_cols(weight.detach(), geo).to(gemm)  # (Cout, K)
         cout = weight.shape[0]
-        b = bias.detach() if bias is not None else None
+        b = bias.detach().to(gemm) if bias is not None else None
         # Returned as is, not as a view: callers may modify it in place.
         if nhwc:
             result = torch.empty(
                 (geo.b, cout, geo.ho, geo.wo),
-                dtype=x.dtype,
+                dtype=gemm,
                 device=x.device,
                 memory_format=torch.channels_last,
             )
             _gemm_nhwc(sampler, wcols, b, result.permute(0, 2, 3, 1).view(-1, cout))
         else:
-            result = x.new_empty(geo.b, cout, geo.ho, geo.wo)
+            result = x.new_empty(geo.b, cout, geo.ho, geo.wo, dtype=gemm)
             _gemm_nchw(sampler, wcols, b, result.view(geo.b, cout, geo.hwo))
         ctx.save_for_backward(x_s, offset, mask, weight)
         ctx.geo = geo
         ctx.has_bias = bias is not None
         ctx.allow_native = allow_native
+        ctx.gemm = gemm
         return result
 
     @staticmethod
@@ -178,30 +182,39 @@ class _ModulatedDeformConv(torch.autograd.Function):
         x_gm = group_major(x_s, geo) if x_s.dim() == 4 else x_s  # NHWC input: group-major copy
         offset, mask = per_sample_dense(offset), mask.contiguous()
         need_x, need_off, need_mask, need_w, need_b = ctx.needs_input_grad[:5]
-        cout = weight.shape[0]
-        gout = grad_out.reshape(geo.b, cout, geo.hwo)  # the GEMMs read it transposed
-        grad_bias = gout.sum((0, 2)) if need_b and ctx.has_bias else None
+        cout, gemm = weight.shape[0], ctx.gemm
+        # (B, Cout, Ho*Wo) in the GEMMs' dtype; they read it transposed
+        gout = grad_out.reshape(geo.b, cout, geo.hwo).to(gemm)
+        grad_bias = gout.sum((0, 2), dtype=weight.dtype) if need_b and ctx.has_bias else None
         gw = weight.new_zeros(cout, geo.k) if need_w else None
         gx = torch.zeros_like(x_gm) if need_x else None
         goff = offset.new_empty(offset.shape) if need_off else None  # contiguous
         gmask = torch.empty_like(mask) if need_mask else None
         need_cols = gx is not None or goff is not None or gmask is not None
         if gw is None and not need_cols:
-            return None, None, None, None, grad_bias, None, None
+            return None, None, None, None, grad_bias, None, None, None
         sampler = make_sampler(x_gm, offset, mask, geo, ctx.allow_native)
-        wcols = weight_to_cols(weight, geo)  # (Cout, K)
+        wcols = weight_to_cols(weight, geo).to(gemm)  # (Cout, K)
         for i, ch in enumerate(sampler.chunks):
             one = ch.b1 == ch.b0 + 1
             go = gout[ch.b0, :, ch.p0 : ch.p1] if one else gout[ch.b0 : ch.b1]
             if gw is not None:
-                cols = sampler.im2col(i)  # recomputed, not kept
-                if one:
+                cols = sampler.im2col(i).to(gemm)  # recomputed, not kept
+                if one and gemm == gw.dtype:
                     gw.addmm_(go, cols)
+                elif one:  # a low-precision GEMM, summed in float32
+                    gw += torch.mm(go, cols)
                 else:
-                    gw += torch.bmm(go, cols.view(ch.b1 - ch.b0, geo.hwo, geo.k)).sum(0)
+                    gw += torch.bmm(go, cols.view(ch.b1 - ch.b0, geo.hwo, geo.k)).sum(
+                        0, dtype=gw.dtype
+                    )
             if need_cols:
-                gcols = workspace("gcols", ch.rows, geo.k, gout)
-                if one:
+                # col2im reads float32 columns; a low-precision GEMM is widened into them
+                gcols = workspace("gcols", ch.rows, geo.k, x_gm)
+                if gemm != gcols.dtype:
+                    gc = torch.mm(go.t(), wcols) if one else torch.matmul(go.transpose(1, 2), wcols)
+                    gcols.view_as(gc).copy_(gc)
+                elif one:
                     torch.mm(go.t(), wcols, out=gcols)
                 else:
                     gc3 = gcols.view(ch.b1 - ch.b0, geo.hwo, geo.k)
@@ -211,7 +224,7 @@ class _ModulatedDeformConv(torch.autograd.Function):
         if gx is not None:  # (B, G, H, W, Cg) -> (B, C, H, W)
             grad_x = gx.permute(0, 1, 4, 2, 3).reshape(geo.b, geo.c, geo.h, geo.w)
         grad_w = cols_to_weight(gw, geo) if gw is not None else None
-        return grad_x, goff, gmask, grad_w, grad_bias, None, None
+        return grad_x, goff, gmask, grad_w, grad_bias, None, None, None
 
 
 def deform_conv2d_cpu(
@@ -223,17 +236,21 @@ def deform_conv2d_cpu(
     padding: int,
     *,
     native: bool = True,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Modulated deformable conv (stride 1, dilation 1), torchvision's semantics and layout.
 
     ``native=False`` forces the pure-PyTorch sampling even where the compiled
     kernel is available (for comparisons, and as its reference).
+    ``gemm_dtype`` (bfloat16): the GEMMs of both passes in it, the output too;
+    the sampling and col2im stay in ``x``'s dtype, the gradients of the
+    weight are summed in it.
     """
     if weight.shape[1] != x.shape[1]:  # grouped weights: not used by the model, delegate
         from torchvision.ops import deform_conv2d
 
         return deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)
-    return _ModulatedDeformConv.apply(x, offset, mask, weight, bias, padding, native)
+    return _ModulatedDeformConv.apply(x, offset, mask, weight, bias, padding, native, gemm_dtype)
 
 
 def _pure(
@@ -243,9 +260,15 @@ def _pure(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     padding: int,
+    *,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    return deform_conv2d_cpu(x, offset, mask, weight, bias, padding, native=False)
+    return deform_conv2d_cpu(
+        x, offset, mask, weight, bias, padding, native=False, gemm_dtype=gemm_dtype
+    )
 
 
-register_backend("cpu", deform_conv2d_cpu, devices=("cpu",), priority=20)
-register_backend("cpu-pure", _pure, devices=("cpu",), priority=10)
+register_backend(
+    "cpu", deform_conv2d_cpu, devices=("cpu",), priority=20, gemm_dtypes=(torch.bfloat16,)
+)
+register_backend("cpu-pure", _pure, devices=("cpu",), priority=10, gemm_dtypes=(torch.bfloat16,))
