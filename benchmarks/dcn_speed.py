@@ -15,7 +15,8 @@ import json
 
 import torch
 
-from zsm.bench import _device_name, bench_dcn, resolve_device, use_process_clock
+from zsm.bench import bench_dcn, device_name, use_process_clock
+from zsm.device import resolve_device
 from zsm.models.deform import available_backends
 from zsm.models.deform_cpu import native_available
 
@@ -62,7 +63,7 @@ def main() -> None:
     )  # fmt: skip
     r.update(
         device=str(device),
-        device_name=_device_name(device),
+        device_name=device_name(device),
         threads=torch.get_num_threads(),
         native_kernel=native_available(),
         clock=args.clock,

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from zsm.baselines import (
-    BASELINES,
-    bicubic_blend,
-    bicubic_flow,
-    bicubic_repeat,
-    flow_midpoint,
-    occlusion_mask,
-)
 from zsm.data.degrade import bicubic_upscale, make_lr_clip
-from zsm.metrics import psnr_y
+from zsm.evaluation import BASELINES, bicubic_blend, bicubic_flow, bicubic_repeat, psnr_y
+from zsm.evaluation.baselines import flow_midpoint, occlusion_mask
 
 SHIFT = 4  # HR pixels per HR frame: 8 (2 LR pixels) between inputs, 4 (1 LR pixel) to the middle
 MARGIN = 24  # HR pixels near the borders, where content enters the frame, are not compared

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from zsm.bench import (
     STAGES,
+    ConvFlops,
+    StageTimer,
     format_report,
     realistic_offsets,
     run_benchmark,
+    stage_hooks,
     use_process_clock,
 )
 from zsm.cli import main
@@ -58,6 +59,7 @@ def test_run_benchmark_tiny_network() -> None:
     json.dumps(r)  # JSON-ready
     text = format_report(r)
     assert all(s in text for s in STAGES) and "torchvision" in text
+    assert r["stage_timing"] == "module_hooks" and "top-level modules" in text
 
 
 def test_dcn_alone_in_the_networks_cpu_layout() -> None:
@@ -96,22 +98,50 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
         main(["benchmark", "--size", "16by12"])
 
 
-def test_the_model_runs_its_stages_in_order_without_changing_the_result() -> None:
+def test_stage_hooks_see_each_stage_once_in_order_without_changing_the_result() -> None:
     torch.manual_seed(0)
     model = ZoomingSlowMo.from_preset("compact", **TINY).eval()
     frames = torch.rand(1, 3, 3, 10, 13)  # padded inside, cropped back
-    seen: list[str] = []
+    seen: list[tuple[str, str]] = []
 
-    @contextlib.contextmanager
-    def stage(name: str) -> Iterator[None]:
-        seen.append(name)
-        yield
+    def enter(stage: str) -> None:
+        seen.append(("in", stage))
+
+    def leave(stage: str) -> None:
+        seen.append(("out", stage))
 
     with torch.no_grad():
         expected = model(frames)
-        out = model(frames, stage)
-    assert seen == list(STAGES)
-    assert torch.equal(out, expected)
+        with stage_hooks(model, enter, leave):
+            out = model(frames)
+        after = model(frames)  # the hooks are gone
+    assert seen == [(edge, s) for s in STAGES for edge in ("in", "out")]
+    assert torch.equal(out, expected) and torch.equal(after, expected)
+
+
+def test_stage_timer_and_flops_split_one_pass_by_stage() -> None:
+    torch.manual_seed(0)
+    model = ZoomingSlowMo.from_preset("compact", **TINY).eval()
+    frames = torch.rand(1, 2, 3, 8, 8)
+    timer, counter = StageTimer(torch.device("cpu")), ConvFlops(model)
+
+    def enter(stage: str) -> None:
+        timer.enter(stage)
+        counter.enter(stage)
+
+    def leave(stage: str) -> None:
+        timer.leave(stage)
+        counter.leave(stage)
+
+    with torch.no_grad(), stage_hooks(model, enter, leave):
+        model(frames)
+    counter.remove()
+    timer.end_run()
+    assert all(len(timer.times[s]) == 1 and timer.times[s][0] > 0 for s in STAGES)
+    assert set(counter.flops) == set(STAGES)  # no conv runs between the stage modules
+    assert all(counter.flops[s] > 0 for s in STAGES)
+    with pytest.raises(RuntimeError, match="never ran"):
+        timer.end_run()  # no pass since the last one
 
 
 def test_realistic_offsets_are_a_few_pixels() -> None:

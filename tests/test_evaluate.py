@@ -13,23 +13,24 @@ import torch
 from PIL import Image
 
 import zsm
-import zsm.evaluate
-from zsm.baselines import BASELINES
+import zsm.evaluation.prepare
 from zsm.cli import main
 from zsm.data.degrade import make_lr_clip
-from zsm.eval_data import find_clips
-from zsm.evaluate import (
+from zsm.evaluation import (
+    BASELINES,
     INTERPOLATED,
     MODEL_METHOD,
     RECONSTRUCTED,
     EvalOptions,
     evaluate,
     evaluate_clip,
+    find_clips,
     prepare_clip,
+    psnr_y,
     run_model_on_clip,
+    ssim_y,
+    write_report,
 )
-from zsm.metrics import psnr_y, ssim_y
-from zsm.report import write_report
 
 T, H, W = 5, 48, 64
 
@@ -138,7 +139,7 @@ def test_clips_too_large_to_keep_are_read_twice(vid4_like: Path, monkeypatch) ->
         reads.append(1)
         return clip.frames(None)
 
-    monkeypatch.setattr(zsm.evaluate, "KEEP_FRAMES_BYTES", 0)
+    monkeypatch.setattr(zsm.evaluation.prepare, "KEEP_FRAMES_BYTES", 0)
     streamed = evaluate_clip("city", read, methods, options)
     assert len(reads) == 2
     assert streamed.scores["bicubic-flow"].psnr == kept.scores["bicubic-flow"].psnr

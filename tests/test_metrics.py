@@ -12,7 +12,7 @@ from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from zsm.errors import ZSMError
-from zsm.metrics import LPIPS, crop_border, psnr, psnr_y, rgb_to_y, ssim, ssim_y
+from zsm.evaluation import LPIPS, crop_border, psnr, psnr_y, rgb_to_y, ssim, ssim_y
 
 
 def _wang_ssim_reference(a: np.ndarray, b: np.ndarray) -> float:

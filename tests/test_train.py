@@ -513,3 +513,34 @@ def test_ddp_two_processes_on_gloo_match_one_process(vimeo: Path, tmp_path: Path
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
     state = load_checkpoint(latest_checkpoint(tmp_path / "ddp")).state  # type: ignore[arg-type]
     assert state["world_size"] == 2 and state["samples_seen"] == 6
+
+
+def test_cpu_bf16_autocast_trains_and_resumes_exactly(vimeo: Path, tmp_path: Path) -> None:
+    """train.amp = "bf16" on the CPU: the forward pass under bf16 autocast (convs in bf16),
+    finite losses, weights that move, and stop + resume equal to one straight run."""
+    from zsm.training.loop import Trainer
+
+    config = tiny(vimeo, tmp_path / "a", amp="bf16")
+    assert Trainer(config)._amp_dtype(torch.device("cpu")) == torch.bfloat16
+    straight = train(config)
+    run_a = losses(tmp_path / "a")
+    assert len(run_a) == 6 and all(np.isfinite(v) for _, v in run_a)
+    train(tiny(vimeo, tmp_path / "b", amp="bf16", checkpoint_every=2), stop_after=3)
+    train(tiny(vimeo, tmp_path / "b", amp="bf16", checkpoint_every=2), resume=True)
+    assert losses(tmp_path / "b") == run_a
+    assert straight.weights is not None
+    assert_same_tensors(
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
+    # fp32 and bf16 runs start alike and differ by bf16 rounding only.
+    train(tiny(vimeo, tmp_path / "c"))
+    first_fp32, first_bf16 = losses(tmp_path / "c")[0][1], run_a[0][1]
+    assert first_bf16 != first_fp32 and abs(first_bf16 - first_fp32) < 0.02 * first_fp32
+
+
+def test_auto_amp_stays_float32_on_the_cpu(vimeo: Path, tmp_path: Path) -> None:
+    from zsm.training.loop import Trainer
+
+    for amp in ("auto", "off", "fp16"):
+        assert Trainer(tiny(vimeo, tmp_path, amp=amp))._amp_dtype(torch.device("cpu")) is None

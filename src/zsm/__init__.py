@@ -8,9 +8,9 @@ Public API::
     hr = zsm.SelfEnsemble(model, 8)(lr)           # the same, averaged over 8 flips/reversals
 """
 
+from zsm.engine import SelfEnsemble
 from zsm.errors import Cancelled, InputError, OutputError, WeightsError, ZSMError
 from zsm.models import PRESETS, ZoomingSlowMo, ZSMConfig
-from zsm.models.ensemble import SelfEnsemble
 from zsm.models.registry import load_model, registered_weights
 from zsm.models.weights import read_official_checkpoint, save_weights
 from zsm.options import UpscaleOptions

@@ -49,16 +49,6 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-def half_dtype(device: torch.device, half: bool) -> torch.dtype | None:
-    """The autocast dtype for ``--half`` on ``device`` (``None``: full precision)."""
-    if not half:
-        return None
-    if device.type == "cpu":
-        log.warning("zsm: --half applies to GPUs only; running in float32 on the CPU")
-        return None
-    return torch.float16
-
-
 @contextlib.contextmanager
 def precision(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """Inference mode, under autocast when ``dtype`` is set.

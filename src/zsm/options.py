@@ -13,7 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from zsm.models.ensemble import ENSEMBLE_PASSES
+from zsm.engine.ensemble import ENSEMBLE_PASSES
+from zsm.engine.precision import PRECISIONS
 from zsm.models.registry import DEFAULT_WEIGHTS
 from zsm.video.encode import DEFAULT_CRF
 from zsm.video.io import DEFAULT_FOLDER_FPS
@@ -22,8 +23,6 @@ from zsm.video.windows import DEFAULT_WINDOW, DEFAULT_WINDOW_OVERLAP
 
 DEFAULT_SEGMENT_SECONDS = 60.0
 TIME_FACTORS = (1, 2)
-# "fp16" is float16 autocast on a GPU (``--half``); the CPU runs float32.
-PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +33,9 @@ class UpscaleOptions:
         weights: a registered weights name or a ``.safetensors`` file (``None``: the
             bundled :data:`DEFAULT_WEIGHTS`).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]``, ``mps``.
-        precision: ``fp32``, or ``fp16`` (float16 autocast on a GPU; float32 on a CPU).
+        precision: ``fp32``; ``bf16`` (bfloat16 autocast; fast on CPUs with native bf16
+            and on GPUs); ``fp16`` (float16 autocast on a GPU; float32 on a CPU); ``auto``
+            (:func:`zsm.engine.precision.resolve_precision`).
         window: input frames per temporal window.
         window_overlap: frames of context each window drops at each edge (``None``:
             :data:`DEFAULT_WINDOW_OVERLAP`, or less if the window is too short for it).

@@ -28,10 +28,13 @@ import numpy as np
 import torch
 
 from zsm.atomic import describe_os_error
-from zsm.device import half_dtype, memory_budget, resolve_device, torch_threads
+from zsm.device import memory_budget, resolve_device, torch_threads
+from zsm.engine import SelfEnsemble, prepare
 from zsm.errors import Cancelled, InputError, OutputError, ZSMError
-from zsm.models.ensemble import with_ensemble
+from zsm.models.config import SCALE
+from zsm.models.descriptor import describe
 from zsm.models.registry import load_model, resolve_weights
+from zsm.models.zsm import ZoomingSlowMo
 from zsm.options import UpscaleOptions
 from zsm.video.encode import EncodeSettings, choose_codec, container_format
 from zsm.video.io import FRAME_NAME, VideoInfo, list_images, list_videos, probe
@@ -97,23 +100,21 @@ def build_pipeline(
     dev = resolve_device(options.device)
     if model is None:
         model = load_model(options.weights_name, device=dev)
-    elif isinstance(model, torch.nn.Module):
-        model = model.to(dev).eval()
-    if dev.type == "cuda" and isinstance(model, torch.nn.Module):
-        # NHWC convs: the official network makes 14% more frames/s on an H200 (fp32 and
-        # fp16), same output to 1e-4; see benchmarks/README.md. CPUs keep NCHW.
-        model = model.to(memory_format=torch.channels_last)
-    if isinstance(model, torch.nn.Module):
-        model = with_ensemble(model, options.ensemble)
-    elif options.ensemble != 1:
-        raise ValueError("ensemble needs a torch.nn.Module model, not a plain callable")
+    if isinstance(model, ZoomingSlowMo | SelfEnsemble):
+        model = prepare(model, dev, precision=options.precision, ensemble=options.ensemble)
+    elif options.ensemble != 1 or options.precision not in ("fp32", "auto"):
+        raise ValueError(
+            f"ensemble and precision need a zsm network, not {type(model).__name__}; "
+            "a model callable of your own runs as it is"
+        )
+    else:
+        describe(model)  # a foreign callable declares its descriptor, or is refused here
     return Pipeline(
         model=model,
         device=dev,
         plan=plan,
         tile=options.tile,
         tile_overlap=options.tile_overlap,
-        autocast=half_dtype(dev, options.precision == "fp16"),
         memory_budget=None if options.tile is not None else memory_budget(dev),
         cancel=cancel,
     )
@@ -230,11 +231,12 @@ def upscale_video(
                     model=model if model is not None else load_model(weights_path, device=dev),
                     cancel=cancel,
                 )
+            scale = pipe.descriptor.scale if pipe is not None else SCALE
             settings = EncodeSettings(
                 codec=codec_name or "",
                 fps=info.fps * options.time_factor,
-                width=4 * info.width,
-                height=4 * info.height,
+                width=scale * info.width,
+                height=scale * info.height,
                 crf=options.crf,
                 threads=options.threads,
             )
@@ -270,8 +272,8 @@ def upscale_video(
         input_frames=n_in,
         output_frames=n_out,
         fps=info.fps * options.time_factor,
-        width=4 * info.width,
-        height=4 * info.height,
+        width=settings.width,
+        height=settings.height,
         seconds=time.monotonic() - started,
         resumed_frames=resumed,
     )

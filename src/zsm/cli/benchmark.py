@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--size", type=_size, default=(176, 144), help="input WIDTHxHEIGHT (default: 176x144)"
     )
     p.add_argument("--frames", type=int_at_least(1), default=3, help="input frames (default: 3)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     p.add_argument(
         "--repeats", type=int_at_least(1), default=2, help="timed runs after a warm-up (default: 2)"
     )
@@ -81,13 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zsm.bench import (
-        format_report,
-        resolve_device,
-        run_benchmark,
-        tune_malloc,
-        use_process_clock,
-    )
+    from zsm.bench import format_report, run_benchmark, tune_malloc, use_process_clock
+    from zsm.device import resolve_device
     from zsm.errors import ZSMError
     from zsm.models.deform import available_backends
 

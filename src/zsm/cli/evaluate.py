@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zsm.evaluate import EvaluationResult
+    from zsm.evaluation import EvaluationResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from zsm.baselines import BASELINES
-    from zsm.cli.upscale import add_ensemble_option
+    from zsm.cli.upscale import add_ensemble_option, add_precision_option
+    from zsm.evaluation import BASELINES
 
     p = sub.add_parser(
         "evaluate",
@@ -60,16 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="pixels dropped on each side before scoring (default: 0, no crop)",
     )
-    p.add_argument("--device", default="cpu", help="device for the model (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     add_ensemble_option(p)
+    add_precision_option(p)
     p.add_argument("--lpips", action="store_true", help='also LPIPS (pip install "zsm[lpips]")')
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def parse_baselines(text: str) -> list[str]:
-    from zsm.baselines import BASELINES
     from zsm.errors import InputError
+    from zsm.evaluation import BASELINES
 
     text = text.strip().lower()
     if text == "all":
@@ -86,15 +87,16 @@ def parse_baselines(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zsm.device import resolve_device
     from zsm.errors import InputError, WeightsError
-    from zsm.evaluate import EvalOptions, evaluate
+    from zsm.evaluation import EvalOptions, evaluate, write_report
     from zsm.models.registry import DEFAULT_WEIGHTS, load_model
-    from zsm.report import write_report
 
     if args.max_frames is not None and args.max_frames < 3:
         raise InputError(f"--max-frames must be >= 3 (two inputs), got {args.max_frames}")
     if args.crop_border < 0:
         raise InputError(f"--crop-border must be >= 0, got {args.crop_border}")
+    device = resolve_device(args.device)
     baselines = parse_baselines(args.baselines)
     weights = None if args.baselines_only else (args.weights or DEFAULT_WEIGHTS)
     if weights is not None and weights.lower() == "none":
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if weights is not None:
         try:
-            model = load_model(weights, device=args.device)
+            model = load_model(weights, device=device)
         except WeightsError as exc:
             raise WeightsError(f"{exc} (--baselines-only scores the baselines alone)") from exc
     options = EvalOptions(
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         lpips=args.lpips,
         progress=not args.no_progress,
-        device=args.device,
-        ensemble=args.ensemble,
+        device=str(device),
+        **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
+        **({"precision": args.precision} if args.precision is not None else {}),
     )
     result = evaluate(args.data, model=model, weights=weights, baselines=baselines, options=options)
     write_report(result, args.output)
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: EvaluationResult) -> None:
-    from zsm.evaluate import KINDS
+    from zsm.evaluation import KINDS
 
     print(f"{'method':16s}" + "".join(f"{k:>22s}" for k in KINDS) + f"{'fps':>9s}")
     for method, entry in result.summary().items():

@@ -34,14 +34,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="checkpoint and stop after N more iterations (continue later with --resume)",
     )
+    p.add_argument(
+        "--precision",
+        choices=tuple(AMP_OF_PRECISION),
+        help="autocast of the forward pass: the same as train.amp=off|bf16|fp16|auto; bf16 "
+        "also on CPUs (about twice as fast where they compute bf16 natively)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
+
+
+# --precision NAME -> train.amp
+AMP_OF_PRECISION = {"fp32": "off", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
 
 
 def run(args: argparse.Namespace) -> int:
     from zsm.training import load_config, train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.precision is not None:
+        overrides.append(f'train.amp="{AMP_OF_PRECISION[args.precision]}"')
+    config = load_config(args.config, overrides)
     if args.print_config:
         import json
 

@@ -11,6 +11,7 @@ from zsm.options import (
     DEFAULT_FOLDER_FPS,
     DEFAULTS,
     ENSEMBLE_PASSES,
+    PRECISIONS,
     TIME_FACTORS,
     UpscaleOptions,
 )
@@ -20,6 +21,7 @@ from zsm.options import (
 OPTION_ARGS = (
     "weights",
     "device",
+    "precision",
     "threads",
     "window",
     "window_overlap",
@@ -40,6 +42,10 @@ def options_from_args(args: argparse.Namespace) -> UpscaleOptions:
     if getattr(args, "frames", None) is not None:
         given["max_frames"] = args.frames
     if getattr(args, "half", False):
+        if given.get("precision", "fp16") != "fp16":
+            from zsm.errors import ZSMError
+
+            raise ZSMError(f"--half is --precision fp16, not {given['precision']}; give one")
         given["precision"] = "fp16"
     return UpscaleOptions(**given)
 
@@ -56,11 +62,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=DEVICES,
         help=f"where the network runs (default: {DEFAULTS.device} = cuda, then mps, then cpu)",
     )
-    p.add_argument("--half", action="store_true", help="float16 autocast on a GPU (ignored on CPU)")
+    add_precision_option(p)
+    p.add_argument("--half", action="store_true", help="the same as --precision fp16")
     p.add_argument(
         "--threads", type=int_at_least(1), help="CPU threads for the network and encoder"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """``--precision``, shared by ``upscale``, ``demo`` and ``evaluate``."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32; bf16 (bfloat16 autocast: fast on CPUs with native bf16 and on GPUs); "
+        "fp16 (float16 autocast on a GPU); auto: bf16 where it is native and measured "
+        f"not to lower scores, else fp32 (default {DEFAULTS.precision})",
+    )
 
 
 def add_ensemble_option(p: argparse.ArgumentParser) -> None:

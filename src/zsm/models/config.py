@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+SCALE = 4  # spatial factor of every preset (two x2 PixelShuffles); the degradation's too
+MULTIPLE = 4  # H, W are padded to multiples of this inside (two stride-2 pyramid levels)
+
 
 @dataclass(frozen=True)
 class ZSMConfig:

@@ -12,8 +12,8 @@ from torch import nn
 
 from zsm.models.blocks import conv3x3
 from zsm.models.interp import FeatureInterpolation
-from zsm.models.layout import flatten_frames, seq_op, stack_frames
 from zsm.models.pyramid import FeaturePyramid
+from zsm.models.sequence import flatten_frames, seq_op, stack_frames
 
 
 class StateAlign(nn.Module):
@@ -53,8 +53,12 @@ class DeformableConvLSTM(nn.Module):
         h_aligned = self.align_h(x, h)
         c_aligned = self.align_c(x, c)
         gates = self.gates(torch.cat((x, h_aligned), dim=1))
-        if not torch.is_grad_enabled():
-            return _lstm_update_inference(gates, c_aligned)
+        return self.update(gates, c_aligned)
+
+    def update(
+        self, gates: torch.Tensor, c_aligned: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM cell update from the gate pre-activations: new (h, c)."""
         i, f, o, g = torch.chunk(gates, 4, dim=1)
         c = torch.sigmoid(f) * c_aligned + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
@@ -68,24 +72,6 @@ class DeformableConvLSTM(nn.Module):
             h, c = self.step(seq[:, k], h, c)
             outputs.append(h)
         return stack_frames(outputs)
-
-
-def _lstm_update_inference(
-    gates: torch.Tensor, c_aligned: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``step``'s gate arithmetic without autograd, in place, with tanh(v) = 2 sigmoid(2v) - 1.
-
-    One sigmoid over all four gates (``g`` doubled first) instead of three
-    sigmoids and a tanh over channel slices: torch's CPU tanh costs 6x its
-    sigmoid, and ops on slices of channels-last gates run strided. Equal to
-    the plain formula to float rounding.
-    """
-    nf = c_aligned.shape[1]
-    gates[:, 3 * nf :].mul_(2)
-    i, f, o, g = torch.sigmoid_(gates).chunk(4, dim=1)  # g holds sigmoid(2g)
-    c = (f * c_aligned).addcmul_(i, g, value=2.0).sub_(i)  # f c + i (2 sigmoid(2g) - 1)
-    h = torch.mul(c, 2.0).sigmoid_().mul_(2.0).sub_(1.0).mul_(o)  # o tanh(c)
-    return h, c
 
 
 class BiDeformableConvLSTM(nn.Module):

@@ -27,8 +27,6 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
-from zsm.models.layout import is_channels_last
-
 DeformFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int],
     torch.Tensor,
@@ -142,19 +140,16 @@ class OffsetMaskConv2d(nn.Conv2d):
 
     One ``nn.Conv2d`` of ``3 * G * k * k`` outputs (its parameters and state
     dict are the official ``conv_offset_mask``'s); the first two thirds are the
-    offsets, the last third the mask logits. On the CPU the two parts run as
-    two convs over slices of the weight when the input is NCHW: oneDNN handles
-    108 outputs (4 groups) poorly there, 72 + 36 well (measured at (2, 32, 144,
-    176): 41.5 ms for 108, 36.2 for 128, 22.9 + 13.9 for 72 + 36). With NHWC
-    input one conv is faster (31.6 ms vs 22.4 + 15.9), split as views, which
-    the deformable conv reads in place. Elsewhere one conv, split as views.
+    offsets, the last third the mask logits. They are computed as two convs
+    over slices of the weight: oneDNN runs 108 outputs (4 groups) in NCHW
+    poorly, 72 + 36 well (forward and backward over (28, 32, 24, 24), the
+    compact model's training batch: 31.5 ms as one conv, 22.5 as two; official,
+    216 outputs: 112 vs 74 ms). For NHWC inference, where one conv is faster,
+    the engine swaps in :class:`zsm.engine.offsets.FusedOffsetMaskConv2d`.
     """
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         n = 2 * self.out_channels // 3
-        if x.device.type != "cpu" or is_channels_last(x):
-            out = super().forward(x)
-            return out[:, :n], out[:, n:]
         w, b = self.weight, self.bias
         return (
             self._conv_forward(x, w[:n], b[:n] if b is not None else None),

@@ -8,7 +8,7 @@ Here the work is organised the way a dense conv's is:
 1. **Sampling** (im2col). The input is laid out (B, G, H, W, Cg): the ``Cg``
    channels of an offset group are adjacent, and one group's image is one
    dense block (cache lines hold no other group's data). NHWC input (CPU
-   inference, :mod:`zsm.models.layout`) already has a group's channels
+   inference, :mod:`zsm.engine`) already has a group's channels
    adjacent and is read in place, its NHWC offsets and mask transposed tile
    by tile in registers. For each output position,
    group and kernel point, the four bilinear corners and their weights (mask

@@ -103,7 +103,8 @@ class TrainSection:
     seed: int = 0
     loss_eps: float = 1e-3
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
-    amp: str = "auto"  # "auto" (bf16, else fp16, on CUDA; off on CPU), "bf16", "fp16", "off"
+    # "auto" (bf16, else fp16, on CUDA; off on CPU), "bf16" (also on CPUs), "fp16", "off"
+    amp: str = "auto"
     ema_decay: float = 0.0  # 0 = no EMA
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2

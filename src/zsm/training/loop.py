@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from zsm.engine.precision import autocast_dtype
 from zsm.errors import ZSMError
 from zsm.models.weights import load_state_strict, read_weights, save_weights
 from zsm.models.zsm import ZoomingSlowMo
@@ -128,8 +129,18 @@ class Trainer:
         return model
 
     def _amp_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The forward pass's autocast dtype (``None``: float32); see ``train.amp``.
+
+        On a CPU only an explicit ``bf16`` turns autocast on (``auto`` stays float32
+        there, so that runs started before CPU autocast existed resume unchanged);
+        :func:`zsm.engine.precision.autocast_dtype` warns where bf16 is not native.
+        """
         amp = self.config.train.amp
-        if device.type != "cuda" or amp == "off":
+        if amp == "off":
+            return None
+        if device.type == "cpu":
+            return autocast_dtype(device, "bf16") if amp == "bf16" else None
+        if device.type != "cuda":
             return None
         if amp == "fp16":
             return torch.float16

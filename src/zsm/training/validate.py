@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from zsm.metrics import psnr_y
-from zsm.models.zsm import bicubic_skip
+from zsm.engine import prepare
+from zsm.evaluation.metrics import psnr_y
+from zsm.models.zsm import ZoomingSlowMo, bicubic_skip
 
 ValidationClip = tuple[torch.Tensor, torch.Tensor]  # lr (n, 3, h, w), hr (2n-1, 3, 4h, 4w)
 
@@ -22,7 +23,6 @@ def clip_psnr_y(output: torch.Tensor, target: torch.Tensor) -> list[float]:
     return [psnr_y(to_uint8(o), to_uint8(t)) for o, t in zip(output, target, strict=True)]
 
 
-@torch.no_grad()
 def validate(
     model: nn.Module,
     clips: list[ValidationClip],
@@ -30,19 +30,25 @@ def validate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, torch.Tensor | None]:
-    """Mean PSNR-Y over every frame of every clip, and the first clip's output (for samples)."""
+    """Mean PSNR-Y over every frame of every clip, and the first clip's output (for samples).
+
+    A :class:`~zsm.models.zsm.ZoomingSlowMo` runs through the inference engine, as
+    ``zsm upscale`` and ``zsm evaluate`` run it (``model`` itself is not changed).
+    """
+    net = prepare(model, device) if isinstance(model, ZoomingSlowMo) else model
     was_training = model.training
     model.eval()
     values: list[float] = []
     first = None
     try:
-        for lr, hr in clips:
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
-                out = model(lr[None].to(device))[0].float().cpu()
-            first = out if first is None else first
-            values += clip_psnr_y(out, hr)
+        with torch.inference_mode():
+            for lr, hr in clips:
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
+                    out = net(lr[None].to(device))[0].float().cpu()
+                first = out if first is None else first
+                values += clip_psnr_y(out, hr)
     finally:
         model.train(was_training)
     return float(np.mean(values)), first

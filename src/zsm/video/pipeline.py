@@ -1,7 +1,9 @@
 """Frames in, 4x larger frames at 2x the rate out, over any model callable.
 
-``model(x)`` maps ``(1, n, 3, h, w)`` floats in [0, 1] to ``(1, 2n-1, 3, 4h, 4w)``
-(:class:`~zsm.models.zsm.ZoomingSlowMo` does). The pipeline cuts the stream
+``model(x)`` maps ``(1, n, 3, h, w)`` floats in [0, 1] to ``(1, 2n-1, 3, s*h, s*w)``
+and declares its scale ``s`` and working memory in a ``descriptor``
+(:class:`~zsm.models.descriptor.ModelDescriptor`; the inference engine's
+prepared networks do); the pipeline knows nothing else of it. It cuts the stream
 into overlapping temporal windows (:mod:`zsm.video.windows`), each window
 into overlapping spatial tiles (:mod:`zsm.video.tiles`), runs the model on
 each, and stitches only the owned centre of every window and tile.
@@ -21,45 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zsm.device import precision
-from zsm.models.ensemble import SelfEnsemble, unwrap
-from zsm.models.reconstruct import Reconstructor
+from zsm.models.descriptor import ModelDescriptor, describe
 from zsm.video.progress import check_cancel
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP, plan_tiles, tile_for_budget
 from zsm.video.windows import Window, WindowPlan, iter_windows
 
-SCALE = 4
 ModelFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def bytes_per_pixel_frame(model: object, device: torch.device | None = None) -> float:
-    """Estimated float32 working memory of ``model`` per LR pixel per input frame.
-
-    Whole frames: dominated by the HR tail (2 outputs per input, 16 HR pixels
-    per LR pixel, ``hr_nf`` channels, a few tensors alive at once): peak RSS
-    growth measured on CPU at 9-11 KB (compact preset) and 19.5 KB (official);
-    this gives 19.5 KB and 39 KB. On the CPU the tail runs in bands of rows
-    (:class:`~zsm.models.reconstruct.Reconstructor`) and the LR features
-    dominate: measured 4.2-5.0 KB and 7.5 KB, 2.5 KB and 5.1 KB since CPU
-    inference runs channels-last; this gives 9.2 KB and 18.4 KB. (A smaller
-    estimate, 4.6 KB, made 348-px instead of 236-px tiles for a 720p input and
-    was no faster: 236.1 s vs 224.5-234.5 s for 4 -> 8 frames.) A
-    :class:`~zsm.models.ensemble.SelfEnsemble` adds its running sum and one
-    untransformed output: 2 x 384 bytes.
-    """
-    extra = 768.0 if isinstance(model, SelfEnsemble) else 0.0
-    model = unwrap(model)
-    config = getattr(model, "config", None)
-    nf = getattr(config, "nf", 64)
-    hr_nf = getattr(config, "hr_nf", 64)
-    reconstruct = getattr(model, "reconstruct", None)
-    if (
-        device is not None
-        and isinstance(reconstruct, Reconstructor)
-        and reconstruct.banded_on(device)
-    ):
-        return 128.0 * hr_nf + 160.0 * nf + extra
-    return 512.0 * hr_nf + 96.0 * nf + extra
 
 
 @dataclass
@@ -76,9 +45,11 @@ class Pipeline:
     plan: WindowPlan
     tile: int | None = None
     tile_overlap: int = DEFAULT_TILE_OVERLAP
-    autocast: torch.dtype | None = None
     memory_budget: int | None = None
     cancel: threading.Event | None = None  # checked before every tile
+
+    def __post_init__(self) -> None:
+        self.descriptor: ModelDescriptor = describe(self.model)
 
     def tile_size(self, height: int, width: int, frames: int | None = None) -> int | None:
         """The core tile side for windows of ``frames`` (default: the plan's size) frames of
@@ -89,9 +60,10 @@ class Pipeline:
             height,
             width,
             frames=frames or self.plan.size,
-            bytes_per_pixel_frame=bytes_per_pixel_frame(self.model, self.device),
+            bytes_per_pixel_frame=self.descriptor.bytes_per_pixel_frame,
             budget=self.memory_budget,
             overlap=self.tile_overlap,
+            align=self.descriptor.size_multiple,
         )
 
     @torch.inference_mode()
@@ -106,17 +78,18 @@ class Pipeline:
         lr = torch.from_numpy(np.stack(frames)).to(self.device)  # (n, H, W, 3) uint8
         lr = lr.permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W) in [0, 1]
         n, _, h, w = lr.shape
+        s = self.descriptor.scale
         keep = win.local_keep
         t = keep.stop - keep.start
-        out = torch.empty(
-            (t, SCALE * h, SCALE * w, 3), dtype=torch.float32 if as_float else torch.uint8
+        out = torch.empty((t, s * h, s * w, 3), dtype=torch.float32 if as_float else torch.uint8)
+        tiles = plan_tiles(
+            h, w, self.tile_size(h, w, n), self.tile_overlap, align=self.descriptor.size_multiple
         )
-        for tile in plan_tiles(h, w, self.tile_size(h, w, n), self.tile_overlap):
+        for tile in tiles:
             check_cancel(self.cancel)
             x = lr[None, :, :, tile.y0 : tile.y1, tile.x0 : tile.x1]  # (1, n, 3, th, tw)
-            with precision(self.device, self.autocast):
-                y = self.model(x)
-            expected = (1, 2 * n - 1, 3, SCALE * x.shape[-2], SCALE * x.shape[-1])
+            y = self.model(x)
+            expected = (1, 2 * n - 1, 3, s * x.shape[-2], s * x.shape[-1])
             if tuple(y.shape) != expected:
                 raise RuntimeError(f"model returned {tuple(y.shape)}, expected {expected}")
             # Keep the owned frames and the tile's core, in HR pixels.
@@ -124,15 +97,13 @@ class Pipeline:
                 0,
                 keep,
                 :,
-                SCALE * (tile.ky0 - tile.y0) : SCALE * (tile.ky1 - tile.y0),
-                SCALE * (tile.kx0 - tile.x0) : SCALE * (tile.kx1 - tile.x0),
+                s * (tile.ky0 - tile.y0) : s * (tile.ky1 - tile.y0),
+                s * (tile.kx0 - tile.x0) : s * (tile.kx1 - tile.x0),
             ].float()
             y = y.permute(0, 2, 3, 1)  # (t, th, tw, 3)
             if not as_float:
                 y = y.clamp_(0.0, 1.0).mul_(255.0).add_(0.5).floor_().to(torch.uint8)
-            out[:, SCALE * tile.ky0 : SCALE * tile.ky1, SCALE * tile.kx0 : SCALE * tile.kx1] = (
-                y.cpu()
-            )
+            out[:, s * tile.ky0 : s * tile.ky1, s * tile.kx0 : s * tile.kx1] = y.cpu()
             del x, y
         return out
 

@@ -3,8 +3,9 @@
 Each tile is a *core* (the LR pixels whose output it keeps) grown by a halo
 of ``overlap`` pixels on every side that has a neighbour; the halo's outputs
 are computed and cropped away in HR, so what is kept never saw the tile's
-artificial border. Tile origins are multiples of 4 so the network's two
-stride-2 pyramid levels sample the same grid as on the whole frame.
+artificial border. Tile origins are multiples of the model's size multiple
+(``align``; 4 for ours, whose two stride-2 pyramid levels then sample the
+same grid as on the whole frame).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ALIGN = 4  # the model's internal multiple (two stride-2 pyramid levels)
 DEFAULT_TILE_OVERLAP = 16  # LR pixels of halo on each inner side
 
 
@@ -38,22 +38,28 @@ def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def _spans(length: int, core: int) -> list[tuple[int, int]]:
-    """Split ``[0, length)`` into near-equal cores of at most ``core`` (multiples of ALIGN)."""
+def _spans(length: int, core: int, align: int) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into near-equal cores of at most ``core`` (multiples of align)."""
     if core >= length:
         return [(0, length)]
     count = math.ceil(length / core)
-    step = _round_up(math.ceil(length / count), ALIGN)
+    step = _round_up(math.ceil(length / count), align)
     return [(a, min(a + step, length)) for a in range(0, length, step)]
 
 
 def plan_tiles(
-    height: int, width: int, tile: int | None, overlap: int = DEFAULT_TILE_OVERLAP
+    height: int,
+    width: int,
+    tile: int | None,
+    overlap: int = DEFAULT_TILE_OVERLAP,
+    *,
+    align: int = 4,
 ) -> list[Tile]:
     """Tiles covering an ``height`` x ``width`` LR frame.
 
     ``tile`` is the largest core side in LR pixels (rounded up to a multiple
-    of 4); ``None`` or a size covering the frame gives one tile, the whole frame.
+    of ``align``); ``None`` or a size covering the frame gives one tile, the
+    whole frame.
     """
     if height < 1 or width < 1:
         raise ValueError(f"expected a frame of at least 1x1 pixels, got {width}x{height}")
@@ -61,11 +67,11 @@ def plan_tiles(
         raise ValueError(f"tile size must be >= 1 pixel, got {tile}")
     if overlap < 0:
         raise ValueError(f"tile overlap must be >= 0, got {overlap}")
-    core = max(ALIGN, _round_up(tile, ALIGN)) if tile else max(height, width)
-    halo = _round_up(overlap, ALIGN)
+    core = max(align, _round_up(tile, align)) if tile else max(height, width)
+    halo = _round_up(overlap, align)
     tiles = []
-    for ky0, ky1 in _spans(height, core):
-        for kx0, kx1 in _spans(width, core):
+    for ky0, ky1 in _spans(height, core, align):
+        for kx0, kx1 in _spans(width, core, align):
             tiles.append(
                 Tile(
                     y0=max(0, ky0 - halo),
@@ -89,6 +95,7 @@ def tile_for_budget(
     bytes_per_pixel_frame: float,
     budget: float,
     overlap: int = DEFAULT_TILE_OVERLAP,
+    align: int = 4,
 ) -> int | None:
     """The largest core side whose tile (core plus halo) fits ``budget`` bytes of working
     memory for a window of ``frames`` input frames; ``None`` when the whole frame fits."""
@@ -96,6 +103,6 @@ def tile_for_budget(
     if height * width * per_pixel <= budget:
         return None
     side = math.isqrt(max(1, int(budget / per_pixel)))  # tile side including the halo
-    core = side - 2 * _round_up(overlap, ALIGN)
+    core = side - 2 * _round_up(overlap, align)
     # Below 2x the halo, tiles are mostly halo; accept more memory rather than crawl.
-    return max(core - core % ALIGN, 2 * ALIGN, _round_up(overlap, ALIGN))
+    return max(core - core % align, 2 * align, _round_up(overlap, align))

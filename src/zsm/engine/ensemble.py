@@ -22,7 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zsm.models.descriptor import ModelDescriptor, describe
+
 ENSEMBLE_PASSES = (1, 2, 4, 8, 16)
+# The running sum and one untransformed output, float32 (2 x 384 bytes per LR pixel-frame:
+# 2 outputs per input frame, 16 HR pixels, 3 channels, 4 bytes).
+ENSEMBLE_BYTES_PER_PIXEL_FRAME = 768.0
 
 
 def transform(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,6 +91,16 @@ class SelfEnsemble(nn.Module):
         assert total is not None
         return total.div_(self.passes)
 
+    @property
+    def descriptor(self) -> ModelDescriptor:
+        """The wrapped model's, with the memory of the running sum added."""
+        return self.descriptor_of(describe(self.model))
+
+    def descriptor_of(self, inner: ModelDescriptor) -> ModelDescriptor:
+        """``inner`` (the wrapped model's descriptor) as this ensemble's."""
+        extra = ENSEMBLE_BYTES_PER_PIXEL_FRAME
+        return inner.replace(bytes_per_pixel_frame=inner.bytes_per_pixel_frame + extra)
+
     def extra_repr(self) -> str:
         return f"passes={self.passes}"
 
@@ -93,8 +108,3 @@ class SelfEnsemble(nn.Module):
 def with_ensemble(model: nn.Module, passes: int) -> nn.Module:
     """``model`` itself for 1 pass, else wrapped in :class:`SelfEnsemble`."""
     return model if check_passes(passes) == 1 else SelfEnsemble(model, passes)
-
-
-def unwrap(model: object) -> object:
-    """The network inside a :class:`SelfEnsemble` (``model`` itself otherwise)."""
-    return model.model if isinstance(model, SelfEnsemble) else model

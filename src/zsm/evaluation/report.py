@@ -11,8 +11,8 @@ from typing import Any
 from zsm import __version__
 from zsm.atomic import atomic_path, describe_os_error
 from zsm.errors import OutputError
-from zsm.evaluate import INTERPOLATED, KINDS, RECONSTRUCTED, EvaluationResult
-from zsm.plots import plot_crop_grid, plot_psnr_per_frame
+from zsm.evaluation.plots import plot_crop_grid, plot_psnr_per_frame
+from zsm.evaluation.results import INTERPOLATED, KINDS, RECONSTRUCTED, EvaluationResult
 
 MAX_MD_CLIPS = 40  # larger sets (Vimeo-90K: 7824 clips) list only the average in report.md
 
@@ -32,9 +32,10 @@ def protocol(result: EvaluationResult) -> dict[str, str]:
         "L=255, mean over valid window positions",
         "border_crop": f"{border} px on every side" if border else "none (0 px)",
         "ensemble": f"model output averaged over {passes} transformed passes (self-ensemble; "
-        "see zsm.models.ensemble)"
+        "see zsm.engine.ensemble)"
         if passes > 1
         else "none (one pass of the model)",
+        "precision": f"the model in {result.options.precision} (zsm.engine.precision)",
         "averages": "per clip: mean over its frames; overall: mean of the clip means",
         "fps": "output HR frames per second of each method in this run (bicubic "
         "enlargement included; decoding, degradation and scoring excluded)",

@@ -1,17 +1,11 @@
-"""Memory layout of the feature maps: NCHW, or channels-last (NHWC) kept end to end.
+"""Sequences of feature maps, (B, T, C, H, W), whatever the memory layout of their frames.
 
-On the CPU, oneDNN runs NCHW convs as reorder -> blocked conv -> reorder:
-two extra passes over every activation, which cost the small convs of this
-network (32 -> 32 channels at 144x176: 19.2 ms NCHW, 8.9 ms NHWC; the 64 ->
-128 ConvLSTM gates: 95.6 vs 65.7 ms, 1 thread). NHWC convs run as they are,
-and our deformable-conv kernel samples NHWC in place. So CPU inference keeps
-every feature map channels-last, from the first conv to the output.
-
-Sequences of feature maps are (B, T, C, H, W) tensors. Channels-last, each
-frame is NHWC and the whole sequence is (B, T, H, W, C) memory; ops along B
-and T (slices, flips, concatenation, stacking) run on that view, since
-PyTorch's 5-D memory formats do not describe this layout and would copy it
-back to NCHW.
+The network is written in NCHW. Its ops along B and T (slices, flips,
+concatenation, stacking, flattening frames into the batch) go through these
+helpers, which keep each frame's layout: the inference engine
+(:mod:`zsm.engine`) feeds the network channels-last (NHWC) frames on the CPU,
+whose whole sequence is then (B, T, H, W, C) memory, a layout PyTorch's 5-D
+memory formats do not describe (they would copy it back to NCHW).
 """
 
 from __future__ import annotations
@@ -19,15 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-
-def channels_last_on(device: torch.device) -> bool:
-    """Whether the network runs channels-last on ``device``: CPU inference (no autograd).
-
-    Training keeps NCHW (the deformable conv's backward reads NCHW), as do
-    GPUs (``zsm benchmark --channels-last`` measures NHWC there).
-    """
-    return device.type == "cpu" and not torch.is_grad_enabled()
 
 
 def is_channels_last(t: torch.Tensor) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from zsm.evaluate import ClipResult
+    from zsm.evaluation.results import ClipResult
 
 COLORS = {
     "bicubic-repeat": (148, 103, 189),

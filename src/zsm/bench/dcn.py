@@ -1,0 +1,105 @@
+"""The deformable conv alone, forward and backward: each backend against the dense conv."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from zsm.bench.offsets import OFFSET_STD_PX
+from zsm.bench.timing import timed
+from zsm.models.deform import modulated_deform_conv2d
+
+
+def bench_dcn(
+    *,
+    nf: int,
+    groups: int,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    repeats: int,
+    backends: list[str],
+    seed: int = 0,
+    budget_s: float = 30.0,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """The deformable conv alone (``nf -> nf``, 3x3): each backend and the dense conv.
+
+    ``shape`` is (batch, H, W). Offsets have std :data:`OFFSET_STD_PX` (some
+    samples fall outside the image), masks are uniform in [0, 1].
+    ``channels_last``: input, dense conv and output NHWC, offsets and mask
+    channel slices of one NHWC tensor, as in the network's CPU inference.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n, h, w = shape
+    k = 9 * groups
+
+    def rand(*s: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(s, generator=gen)).to(device)
+
+    x, weight, bias = rand(n, nf, h, w), rand(nf, nf, 3, 3, scale=0.04), rand(nf)
+    offset = rand(n, 2 * k, h, w, scale=OFFSET_STD_PX)
+    mask = torch.rand(n, k, h, w, generator=gen).to(device)
+    grad = rand(n, nf, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        both = torch.cat((offset, mask), dim=1).contiguous(memory_format=torch.channels_last)
+        offset, mask = both[:, : 2 * k], both[:, 2 * k :]
+    flops = 2.0 * n * h * w * nf * nf * 9
+
+    def dense() -> torch.Tensor:
+        return F.conv2d(x, weight, bias, padding=1)
+
+    impls: dict[str, Callable[[], torch.Tensor]] = {"dense": dense}
+    for name in backends:
+        impls[name] = lambda name=name: modulated_deform_conv2d(
+            x, offset, mask, weight, bias, padding=1, backend=name
+        )
+
+    def fwd_bwd(fn: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> None:
+        for t in inputs:
+            t.requires_grad_(True)
+        fn().backward(grad)
+        for t in inputs:
+            t.grad = None
+            t.requires_grad_(False)
+
+    def forward(fn: Callable[[], torch.Tensor]) -> None:
+        with torch.no_grad():
+            fn()
+
+    runs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
+    for name, fn in impls.items():
+        inputs = (x, weight, bias) if name == "dense" else (x, offset, mask, weight, bias)
+        runs[name] = (
+            lambda fn=fn: forward(fn),
+            lambda fn=fn, inputs=inputs: fwd_bwd(fn, inputs),
+        )
+    fwd_t: dict[str, list[float]] = {name: [] for name in runs}
+    both_t: dict[str, list[float]] = {name: [] for name in runs}
+    for f, _ in runs.values():
+        f()  # warm-up (also builds the native kernel on first use)
+    # Rounds interleave the implementations, so a machine shared with other
+    # work biases them alike; slow ones stop after ~budget_s.
+    for _ in range(max(1, repeats)):
+        for name, (f, fb) in runs.items():
+            if fwd_t[name] and sum(fwd_t[name]) + sum(both_t[name]) > budget_s:
+                continue
+            fwd_t[name].append(timed(f, device))
+            both_t[name].append(timed(fb, device))
+    results: dict[str, dict[str, float]] = {}
+    for name in runs:
+        fwd, both = min(fwd_t[name]), min(both_t[name])
+        results[name] = {
+            "forward_ms": fwd * 1e3,
+            "backward_ms": max(both - fwd, 0.0) * 1e3,
+            "forward_gflops": flops / fwd / 1e9,
+        }
+    base = results["dense"]
+    for r in results.values():
+        r["forward_vs_dense"] = r["forward_ms"] / base["forward_ms"]
+        r["backward_vs_dense"] = r["backward_ms"] / base["backward_ms"]
+    layout = "NHWC" if channels_last else "NCHW"
+    return {"shape": [n, nf, h, w], "groups": groups, "layout": layout, "impls": results}

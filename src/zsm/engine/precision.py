@@ -1,0 +1,86 @@
+"""Precision names (``fp32``, ``fp16``, ``bf16``, ``auto``) to autocast dtypes on a device.
+
+bfloat16 on a CPU is fast only where the processor computes it natively
+(AVX512-BF16: AMD Zen 4, Intel Cooper Lake and later; AMX: Sapphire Rapids
+and later), where oneDNN's bf16 convolutions run about twice as fast as
+float32. Elsewhere it is emulated and slower than float32, so ``auto`` picks
+bf16 only on such CPUs, and asking for bf16 on another CPU warns once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("zsm")
+
+DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+PRECISIONS = (*DTYPES, "auto")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Whether ``auto`` may pick bf16 on a CPU with native bf16. Decided by measurement (README,
+# "Precision"): bf16 must not lower the scores of the public clips by more than 0.05 dB.
+AUTO_BF16_ON_CPU = False
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``precision`` with ``auto`` made concrete for ``device``.
+
+    ``auto``: bf16 on a CPU with native bf16 where :data:`AUTO_BF16_ON_CPU`
+    allows it, else fp32 (also on GPUs, where fp16 halves the memory but was
+    not faster at our sizes; see benchmarks/README.md).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cpu" and AUTO_BF16_ON_CPU and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: float32)."""
+    precision = resolve_precision(device, precision)
+    dtype = DTYPES[precision]
+    if device.type == "cpu":
+        if precision == "fp16":
+            _warn_once("zsm: fp16 applies to GPUs only; running in float32 on the CPU")
+            return None
+        if precision == "bf16" and not cpu_has_native_bf16():
+            _warn_once(
+                "zsm: this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 runs "
+                "emulated, slower than fp32"
+            )
+    elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("bf16 needs a GPU that supports bfloat16; use fp16 or fp32")
+    return dtype
