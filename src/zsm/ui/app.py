@@ -19,8 +19,7 @@ from typing import Any
 import gradio as gr
 
 from zsm.errors import ZSMError
-from zsm.models.ensemble import ENSEMBLE_PASSES
-from zsm.options import DEFAULTS, PRECISIONS
+from zsm.options import DEFAULTS, ENSEMBLE_PASSES, PRECISIONS
 from zsm.ui import text
 from zsm.ui.jobs import JobState
 from zsm.ui.service import UpscaleService
@@ -62,7 +61,8 @@ def build_app(service: UpscaleService) -> gr.Blocks:
                         choices=list(PRECISIONS),
                         value=DEFAULTS.precision,
                         label="Precision",
-                        info="fp16 is faster on a GPU; a CPU always computes in fp32",
+                        info="fp16 or bf16: faster on a GPU; auto: what was measured "
+                        "fastest for the device (a CPU computes fp16 in fp32)",
                     )
                     ensemble = gr.Dropdown(
                         choices=list(ENSEMBLE_PASSES),

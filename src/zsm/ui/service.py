@@ -201,6 +201,11 @@ class UpscaleService:
         except ZSMError as exc:
             shutil.rmtree(request.folder, ignore_errors=True)
             raise type(exc)(_user_message(exc, request.src)) from None
+        except ValueError as exc:
+            # An option the device cannot honour (bf16 on an older GPU) is the user's to
+            # change, not a bug; upscale_video raises it as a ValueError.
+            shutil.rmtree(request.folder, ignore_errors=True)
+            raise InputError(_user_message(exc, request.src)) from None
         except BaseException:
             shutil.rmtree(request.folder, ignore_errors=True)
             raise
