@@ -17,8 +17,7 @@ import torch
 
 from zsm.bench import bench_dcn, device_name, use_process_clock
 from zsm.device import resolve_device
-from zsm.models.deform import available_backends
-from zsm.models.deform_cpu import native_available
+from zsm.ops.dcn import available_backends, native_available
 
 
 def main() -> None:

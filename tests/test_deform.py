@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from zsm.models.deform import ModulatedDeformConv2d, available_backends, modulated_deform_conv2d
+from zsm.models.deform import ModulatedDeformConv2d
+from zsm.ops.dcn import available_backends, modulated_deform_conv2d
 
 
 def reference_deform_conv(x, offset, mask, weight, bias):

@@ -12,7 +12,7 @@ import torch
 
 from zsm.device import precision
 from zsm.models import ZoomingSlowMo, ZSMConfig
-from zsm.models.deform import modulated_deform_conv2d
+from zsm.ops.dcn import modulated_deform_conv2d
 from zsm.upscale import upscale_frames
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -55,7 +55,7 @@ from zsm.bench.system import backend_label, device_name
 from zsm.bench.timing import clock_name, use_process_clock
 from zsm.device import resolve_device
 from zsm.models.config import PRESETS, ZSMConfig
-from zsm.models.deform import select_backend
+from zsm.ops.dcn import select_backend
 
 __all__ = [
     "OFFSET_STD_PX",

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from zsm.bench.offsets import OFFSET_STD_PX
 from zsm.bench.timing import timed
-from zsm.models.deform import modulated_deform_conv2d
+from zsm.ops.dcn import modulated_deform_conv2d
 
 
 def bench_dcn(

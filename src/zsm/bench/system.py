@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from zsm.models.deform import select_backend
+from zsm.ops.dcn import select_backend
 
 
 def device_name(device: torch.device) -> str:
@@ -38,7 +38,7 @@ def backend_label(device: torch.device) -> str:
     """The deformable-conv backend ``auto`` uses on ``device``, with its variant."""
     name = select_backend(device).name
     if name == "cpu":
-        from zsm.models.deform_cpu import native_available
+        from zsm.ops.dcn import native_available
 
         return "cpu (native C kernel)" if native_available() else "cpu (pure PyTorch)"
     return name

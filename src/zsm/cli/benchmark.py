@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from zsm.bench import format_report, run_benchmark, tune_malloc, use_process_clock
     from zsm.device import resolve_device
     from zsm.errors import ZSMError
-    from zsm.models.deform import available_backends
+    from zsm.ops.dcn import available_backends
 
     backends = None
     if args.dcn_backends:

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import zsm
-    from zsm.models.deform import available_backends, select_backend
+    from zsm.ops.dcn import available_backends, select_backend
 
     print(f"zsm {zsm.__version__}, torch {torch.__version__}")
     cuda = torch.cuda.is_available()

@@ -1,138 +1,20 @@
-"""Modulated deformable convolution (DCNv2) behind one interface.
+"""The DCNv2 layers of the network: the offset/mask conv and the deformable conv "pack".
 
-``modulated_deform_conv2d`` is the single entry point; the arithmetic is
-done by a *backend*:
-
-* ``"torchvision"``: :func:`torchvision.ops.deform_conv2d` (CPU and CUDA);
-* further backends register themselves with :func:`register_backend`
-  (the fast CPU path lives in :mod:`zsm.models.deform_cpu`).
-
-``"auto"`` (the default) picks the fastest registered backend that supports
-the tensor's device. Set ``ZSM_DCN_BACKEND`` or call :func:`set_backend` to
-force one, e.g. to compare them.
-
-Offsets use torchvision's layout: ``(B, 2 * G * k * k, H, W)`` holding, for
-each offset group G and kernel point, a (dy, dx) pair; the mask is
-``(B, G * k * k, H, W)`` in [0, 1].
+The deformable convolution itself is :func:`zsm.ops.dcn.modulated_deform_conv2d`
+(backends, native CPU kernel); these modules hold its parameters. Offsets use
+torchvision's layout: ``(B, 2 * G * k * k, H, W)`` holding, for each offset
+group G and kernel point, a (dy, dx) pair; the mask is ``(B, G * k * k, H, W)``
+in [0, 1].
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 
-DeformFn = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int],
-    torch.Tensor,
-]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A DCN implementation: ``fn(x, offset, mask, weight, bias, padding)``."""
-
-    name: str
-    fn: DeformFn
-    devices: frozenset[str]
-    priority: int  # higher wins under "auto"
-
-
-_BACKENDS: dict[str, Backend] = {}
-_forced: str | None = None
-
-
-def register_backend(name: str, fn: DeformFn, *, devices: tuple[str, ...], priority: int) -> None:
-    """Make ``fn`` available as backend ``name`` for the given device types."""
-    if name in _BACKENDS:
-        raise ValueError(f"deformable-conv backend {name!r} is already registered")
-    _BACKENDS[name] = Backend(name, fn, frozenset(devices), priority)
-
-
-def available_backends() -> list[str]:
-    """Names of the registered backends, fastest first."""
-    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
-
-
-def set_backend(name: str | None) -> None:
-    """Force a backend by name (``None`` or ``"auto"`` restores automatic choice)."""
-    global _forced
-    if name in (None, "auto"):
-        _forced = None
-        return
-    if name not in _BACKENDS:
-        raise ValueError(
-            f"unknown deformable-conv backend {name!r}; available: {available_backends()}"
-        )
-    _forced = name
-
-
-def select_backend(device: torch.device) -> Backend:
-    """The backend used for tensors on ``device`` under the current setting."""
-    name = _forced or os.environ.get("ZSM_DCN_BACKEND") or "auto"
-    if name != "auto":
-        if name not in _BACKENDS:
-            raise ValueError(
-                f"unknown deformable-conv backend {name!r} (from ZSM_DCN_BACKEND); "
-                f"available: {available_backends()}"
-            )
-        return _BACKENDS[name]
-    for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
-        if device.type in backend.devices:
-            return backend
-    return _BACKENDS["torchvision"]
-
-
-def modulated_deform_conv2d(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    *,
-    padding: int = 1,
-    backend: str | None = None,
-) -> torch.Tensor:
-    """Modulated deformable conv, stride 1, dilation 1.
-
-    Shapes: ``x`` (B, Cin, H, W); ``offset`` (B, 2*G*k*k, H, W); ``mask``
-    (B, G*k*k, H, W); ``weight`` (Cout, Cin, k, k); returns (B, Cout, H, W).
-    """
-    impl = _BACKENDS[backend] if backend else select_backend(x.device)
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Positions (base + offset) are rounded in the input's dtype: fp16
-        # resolves 1/16 px at x = 100, bf16 only 1/2 px. So, like the
-        # offsets, the sampling (and its GEMM) stays fp32.
-        with torch.autocast(device_type, enabled=False):
-            return impl.fn(
-                x.float(),
-                offset.float(),
-                mask.float(),
-                weight.float(),
-                bias.float() if bias is not None else None,
-                padding,
-            )
-    return impl.fn(x, offset, mask, weight, bias, padding)
-
-
-def _torchvision(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    padding: int,
-) -> torch.Tensor:
-    return _tv_deform_conv2d(x, offset, weight, bias, padding=padding, mask=mask)
-
-
-register_backend("torchvision", _torchvision, devices=("cpu", "cuda"), priority=0)
+from zsm.ops.dcn import modulated_deform_conv2d
 
 
 class OffsetMaskConv2d(nn.Conv2d):
@@ -217,7 +99,3 @@ class ModulatedDeformConv2d(nn.Module):
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, padding=self.padding
         )
-
-
-# The fast CPU backend registers itself (it imports register_backend from here).
-from zsm.models import deform_cpu  # noqa: E402, F401

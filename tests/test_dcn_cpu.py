@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
-from zsm.models import deform_cpu
-from zsm.models.deform import (
-    ModulatedDeformConv2d,
+from zsm.models.deform import ModulatedDeformConv2d
+from zsm.ops.dcn import (
     available_backends,
+    deform_conv2d_cpu,
     modulated_deform_conv2d,
+    native_available,
+    native_sampler,
+    pure,
     select_backend,
     set_backend,
 )
-from zsm.models.deform_cpu import deform_conv2d_cpu, native_available
+from zsm.ops.dcn import native as native_mod
+from zsm.ops.dcn.geometry import channels_last
 
 TOL = 1e-4
 
@@ -137,15 +144,15 @@ def test_chunking_does_not_change_results(
     use_native: bool, chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks of one tile, runs of tiles within an image, and several whole images."""
-    monkeypatch.setattr(deform_cpu, "_CHUNK_BYTES", chunk_bytes)
-    monkeypatch.setattr(deform_cpu, "_CHUNK_BYTES_THREADED", chunk_bytes)
-    monkeypatch.setattr(deform_cpu, "_PURE_CHUNK_POINTS", 1)
+    monkeypatch.setattr(native_sampler, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(native_sampler, "CHUNK_BYTES_THREADED", chunk_bytes)
+    monkeypatch.setattr(pure, "PURE_CHUNK_POINTS", 1)
     assert_same(make_case(b=3, c=16, h=9, w=11, groups=2, seed=4), use_native)
 
 
 @pytest.mark.skipif(not native_available(), reason="no C compiler for the kernel")
 def test_python_threads_when_the_kernel_lacks_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
-    lib = deform_cpu._load_native()
+    lib = native_mod.load_native()
     monkeypatch.setattr(lib, "openmp", False)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
@@ -157,23 +164,32 @@ def test_python_threads_when_the_kernel_lacks_openmp(monkeypatch: pytest.MonkeyP
 
 
 def test_falls_back_to_pure_when_the_kernel_cannot_be_built(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(path):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(deform_cpu, "_native_tried", False)
-    monkeypatch.setattr(deform_cpu, "_native_lib", None)
-    monkeypatch.setattr(deform_cpu, "_cache_dir", lambda: deform_cpu.Path("/nonexistent/zsm"))
-    monkeypatch.setattr(deform_cpu, "_compile", broken)
-    assert not native_available()
-    assert_same(make_case(seed=7), True)  # native requested, pure used
+    monkeypatch.setattr(native_mod, "_native_tried", False)
+    monkeypatch.setattr(native_mod, "_native_lib", None)
+    monkeypatch.setattr(native_mod, "_cache_dir", lambda: Path("/nonexistent/zsm"))
+    monkeypatch.setattr(native_mod, "_compile", broken)
+    with caplog.at_level(logging.WARNING, logger=native_mod.__name__):
+        assert not native_available()
+        assert not native_available()
+        assert_same(make_case(seed=7), True)  # native requested, pure used
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # one warning, not one per call
+    assert "no compiler" in warnings[0].getMessage()
 
 
-def test_disabled_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disabled_by_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("ZSM_DCN_NATIVE", "0")
-    assert not native_available()
-    assert_same(make_case(seed=8), True)
+    with caplog.at_level(logging.WARNING, logger=native_mod.__name__):
+        assert not native_available()
+        assert_same(make_case(seed=8), True)
+    assert not caplog.records  # asked for: no warning
 
 
 @pytest.mark.parametrize("use_native", PATHS)
@@ -243,7 +259,7 @@ def test_a_frame_of_a_channels_last_sequence_is_sampled_in_place() -> None:
     seq = seq.movedim(2, -1).contiguous().movedim(-1, 2)
     frame = seq[:, 1]
     assert not frame.is_contiguous(memory_format=torch.channels_last)  # batch stride
-    assert deform_cpu._channels_last(frame)
+    assert channels_last(frame)
     args = (case["offset"], case["mask"], case["weight"], case["bias"], case["pad"])
     got = deform_conv2d_cpu(frame, *args)
     expected = torchvision(-case["x"], *args)

@@ -1,0 +1,364 @@
+/* zsm: modulated deformable conv (DCNv2) sampling kernels; see zsm/ops/dcn/native.py.
+
+   The exported functions' parameter lists (ZSM_DCN_*_PARAMS) and TILE come
+   from zsm_dcn_api.h, which the build generates from native.py's table: the
+   Python side declares each parameter once, by name and type, and calls by
+   name, so the two sides cannot disagree on order or count. */
+#include "zsm_dcn_api.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+typedef int64_t i64;
+typedef int32_t i32;
+/* 8 floats at any 4-byte alignment (gcc/clang vector extension): one AVX register. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+#define TILE ZSM_DCN_TILE /* output positions per tile */
+
+/* Per-tile scratch: corners and weights of TILE sampling points. */
+typedef struct {
+    float by[TILE], bx[TILE];               /* integer base positions h - pad, w - pad */
+    i32 o[4][TILE];                         /* corner element offsets 00, 01, 10, 11 */
+    float w[4][TILE];                       /* bilinear weight x mask, 0 outside */
+    float v[4][TILE];                       /* 1 if the corner is inside the image */
+    float ly[TILE], lx[TILE];               /* fractions of the position */
+    float s[4][TILE];                       /* backward: grad_col . corner */
+} Tile;
+
+/* Integer base positions (h - pad, w - pad) of output positions p0 .. p0+n-1, as floats. */
+static void tile_base(Tile *t, i64 p0, i64 n, i64 Wo, i64 pad) {
+    i64 h = p0 / Wo, w = p0 - h * Wo;
+    for (i64 p = 0; p < n; ++p) {
+        t->by[p] = (float)(h - pad);
+        t->bx[p] = (float)(w - pad);
+        if (++w == Wo) {
+            w = 0;
+            ++h;
+        }
+    }
+}
+
+/* Corners of the tile's n sampling points for kernel point (fi, fj) of one
+   group, vectorised over the points.  The position is (base + i) + offset,
+   rounded as torchvision rounds it.  Corners are judged one by one, as
+   torchvision does: a corner outside the image gets weight 0 (and v = 0) and
+   an offset clamped into the image; NaN or infinite positions get weight 0
+   everywhere.  Corner offsets are in elements of one group's image, whose pixels
+   are C floats apart (Cg in the group-major layout, all channels in NHWC). */
+static inline __attribute__((always_inline)) void
+tile_corners(Tile *restrict t, i64 n, const float *restrict oy, const float *restrict ox,
+             const float *restrict mk, float fi, float fj, i64 H, i64 W, i64 C, const int full) {
+    const float hm1 = (float)(H - 1), wm1 = (float)(W - 1);
+    const i32 Wi = (i32)W, Ci = (i32)C;
+    for (i64 p = 0; p < n; ++p) {
+        const float y = (t->by[p] + fi) + oy[p], x = (t->bx[p] + fj) + ox[p];
+        const float fy = floorf(y), fx = floorf(x);
+        const float ly = y - fy, lx = x - fx;
+        const int vy0 = (fy >= 0.0f) & (fy <= hm1), vy1 = (fy >= -1.0f) & (fy <= hm1 - 1.0f);
+        const int vx0 = (fx >= 0.0f) & (fx <= wm1), vx1 = (fx >= -1.0f) & (fx <= wm1 - 1.0f);
+        /* clamp before converting (NaN -> 0) */
+        float cy0 = fy >= 0.0f ? fy : 0.0f, cy1 = fy + 1.0f >= 0.0f ? fy + 1.0f : 0.0f;
+        float cx0 = fx >= 0.0f ? fx : 0.0f, cx1 = fx + 1.0f >= 0.0f ? fx + 1.0f : 0.0f;
+        cy0 = cy0 <= hm1 ? cy0 : hm1;
+        cy1 = cy1 <= hm1 ? cy1 : hm1;
+        cx0 = cx0 <= wm1 ? cx0 : wm1;
+        cx1 = cx1 <= wm1 ? cx1 : wm1;
+        const i32 r0 = (i32)cy0 * Wi, r1 = (i32)cy1 * Wi, c0 = (i32)cx0, c1 = (i32)cx1;
+        t->o[0][p] = (r0 + c0) * Ci;
+        t->o[1][p] = (r0 + c1) * Ci;
+        t->o[2][p] = (r1 + c0) * Ci;
+        t->o[3][p] = (r1 + c1) * Ci;
+        const int in = (vy0 | vy1) & (vx0 | vx1);
+        const float m = mk[p], hy = 1.0f - ly, hx = 1.0f - lx;
+        t->w[0][p] = (vy0 & vx0) ? m * (hy * hx) : 0.0f;
+        t->w[1][p] = (vy0 & vx1) ? m * (hy * lx) : 0.0f;
+        t->w[2][p] = (vy1 & vx0) ? m * (ly * hx) : 0.0f;
+        t->w[3][p] = (vy1 & vx1) ? m * (ly * lx) : 0.0f;
+        if (!full) continue; /* the rest is for the backward pass */
+        t->v[0][p] = (vy0 & vx0) ? 1.0f : 0.0f;
+        t->v[1][p] = (vy0 & vx1) ? 1.0f : 0.0f;
+        t->v[2][p] = (vy1 & vx0) ? 1.0f : 0.0f;
+        t->v[3][p] = (vy1 & vx1) ? 1.0f : 0.0f;
+        t->ly[p] = in ? ly : 0.0f;
+        t->lx[p] = in ? lx : 0.0f;
+    }
+}
+
+/* n rows of nc channels (element (p, c) at src[p * ps + c * cs]) -> dst[c * TILE + p]:
+   a tile's offsets or mask made contiguous per channel, as tile_corners reads them. */
+static void tile_gather(float *restrict dst, const float *restrict src, i64 n, i64 nc, i64 ps,
+                        i64 cs) {
+    i64 p = 0;
+#if defined(__AVX__)
+    if (cs == 1) { /* NHWC: 8x8 blocks, transposed in registers */
+        for (; p + 8 <= n; p += 8) {
+            const float *s = src + p * ps;
+            i64 c = 0;
+            for (; c + 8 <= nc; c += 8) {
+                __m256 r[8], t[8], u[8];
+                for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * ps + c);
+                for (int k = 0; k < 8; k += 2) {
+                    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+                    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+                }
+                for (int k = 0; k < 8; k += 4) {
+                    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+                    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+                    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+                    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+                }
+                for (int k = 0; k < 4; ++k) {
+                    _mm256_storeu_ps(dst + (c + k) * TILE + p,
+                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+                    _mm256_storeu_ps(dst + (c + k + 4) * TILE + p,
+                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+                }
+            }
+            for (; c < nc; ++c)
+                for (int k = 0; k < 8; ++k) dst[c * TILE + p + k] = s[k * ps + c];
+        }
+    }
+#endif
+    for (; p < n; ++p)
+        for (i64 c = 0; c < nc; ++c) dst[c * TILE + p] = src[p * ps + c * cs];
+}
+
+/* Columns of tiles [t0, t1).  Tile t covers output positions from
+   (t % tiles_per_image) * TILE of image t / tiles_per_image, i.e. rows
+   q = b * Ho * Wo + p of the column matrix; cols holds the rows from q_base on.
+   x: element (b, channel c of group g, y, x) at b*xsb + g*xsg + (y*W + x)*xsp + c,
+   i.e. each group's Cg channels adjacent: (B, G, H, W, Cg) or NHWC.
+   offset (B, 2*G*KK, Ho, Wo) and mask (B, G*KK, Ho, Wo): element (b, c, position p)
+   at b*sb + c*sc + p*sp (NCHW or NHWC); cols: (rows, G, KK, Cg), mask applied. */
+void zsm_dcn_im2col(ZSM_DCN_IM2COL_PARAMS) {
+    const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
+    const i64 ntiles = (HWo + TILE - 1) / TILE;
+    const int gather_o = osp != 1, gather_m = msp != 1;
+    (void)nthreads;
+#if defined(_OPENMP) /* without OpenMP an unknown pragma is a warning */
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+    for (i64 t = t0; t < t1; ++t) {
+        Tile tl;
+        float obuf[gather_o ? 2 * G * KK * TILE : 1], mbuf[gather_m ? G * KK * TILE : 1];
+        const i64 b = t / ntiles, p0 = (t - b * ntiles) * TILE;
+        const i64 n = p0 + TILE < HWo ? TILE : HWo - p0;
+        const float *ob = offset + b * osb + p0 * osp;
+        const float *mb = mask + b * msb + p0 * msp;
+        i64 oc = osc, mc = msc;
+        if (gather_o) {
+            tile_gather(obuf, ob, n, 2 * G * KK, osp, osc);
+            ob = obuf;
+            oc = TILE;
+        }
+        if (gather_m) {
+            tile_gather(mbuf, mb, n, G * KK, msp, msc);
+            mb = mbuf;
+            mc = TILE;
+        }
+        float *cb = cols + (b * HWo + p0 - q_base) * K;
+        tile_base(&tl, p0, n, Wo, pad);
+        for (i64 g = 0; g < G; ++g) {
+            const float *xg = x + b * xsb + g * xsg;
+            for (i64 i = 0; i < kh; ++i) {
+                for (i64 j = 0; j < kw; ++j) {
+                    const i64 ch = g * KK + i * kw + j;
+                    tile_corners(&tl, n, ob + 2 * ch * oc, ob + (2 * ch + 1) * oc, mb + ch * mc,
+                                 (float)i, (float)j, H, W, xsp, 0);
+                    float *o = cb + ch * Cg;
+                    if (Cg == 8) { /* the common case: a row is one AVX register */
+                        for (i64 p = 0; p < n; ++p, o += K)
+                            *(v8f *)o = tl.w[0][p] * *(const v8f *)(xg + tl.o[0][p])
+                                        + tl.w[1][p] * *(const v8f *)(xg + tl.o[1][p])
+                                        + tl.w[2][p] * *(const v8f *)(xg + tl.o[2][p])
+                                        + tl.w[3][p] * *(const v8f *)(xg + tl.o[3][p]);
+                        continue;
+                    }
+                    for (i64 p = 0; p < n; ++p, o += K) {
+                        const float a0 = tl.w[0][p], a1 = tl.w[1][p];
+                        const float a2 = tl.w[2][p], a3 = tl.w[3][p];
+                        const float *r0 = xg + tl.o[0][p], *r1 = xg + tl.o[1][p];
+                        const float *r2 = xg + tl.o[2][p], *r3 = xg + tl.o[3][p];
+                        i64 c = 0;
+                        for (; c + 8 <= Cg; c += 8)
+                            *(v8f *)(o + c) = a0 * *(const v8f *)(r0 + c)
+                                              + a1 * *(const v8f *)(r1 + c)
+                                              + a2 * *(const v8f *)(r2 + c)
+                                              + a3 * *(const v8f *)(r3 + c);
+                        for (; c < Cg; ++c)
+                            o[c] = a0 * r0[c] + a1 * r1[c] + a2 * r2[c] + a3 * r3[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* 1 if built with OpenMP: the kernels then split their loops over threads
+   themselves, in the OpenMP runtime torch already uses (same soname). */
+int zsm_dcn_openmp(ZSM_DCN_OPENMP_PARAMS) {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* s[0..3] = the sums of the 8 lanes of a[0..3].  By pointer: without AVX, gcc notes
+   (-Wpsabi) every 32-byte vector passed by value. */
+static inline void hsum4x8(const v8f *a, float *s) {
+#if defined(__AVX__)
+    const __m256 t0 = _mm256_hadd_ps((__m256)a[0], (__m256)a[1]);
+    const __m256 t1 = _mm256_hadd_ps((__m256)a[2], (__m256)a[3]);
+    const __m256 t2 = _mm256_hadd_ps(t0, t1);
+    _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(t2), _mm256_extractf128_ps(t2, 1)));
+#else
+    for (int t = 0; t < 4; ++t)
+        s[t] = ((a[t][0] + a[t][1]) + (a[t][2] + a[t][3]))
+               + ((a[t][4] + a[t][5]) + (a[t][6] + a[t][7]));
+#endif
+}
+
+/* Backward of im2col for one tile of n points and one (group, kernel point):
+   s[c][p] = grad_col . corner c (the gradient of the unmasked sample w.r.t.
+   corner c's bilinear weight) if need_s; gx rows += weight * grad_col if gxg. */
+static void tile_backward(Tile *restrict t, i64 n, const float *go, i64 K, i64 Cg,
+                          const float *xg, float *gxg, int need_s) {
+    for (i64 p = 0; p < n; ++p, go += K) {
+        const i32 o0 = t->o[0][p], o1 = t->o[1][p], o2 = t->o[2][p], o3 = t->o[3][p];
+        if (need_s) {
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            i64 c = 0;
+            if (Cg >= 8) {
+                v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+                for (; c + 8 <= Cg; c += 8) {
+                    const v8f gv = *(const v8f *)(go + c);
+                    a0 += gv * *(const v8f *)(xg + o0 + c);
+                    a1 += gv * *(const v8f *)(xg + o1 + c);
+                    a2 += gv * *(const v8f *)(xg + o2 + c);
+                    a3 += gv * *(const v8f *)(xg + o3 + c);
+                }
+                const v8f acc[4] = {a0, a1, a2, a3};
+                hsum4x8(acc, s);
+            }
+            for (; c < Cg; ++c) {
+                s[0] += go[c] * xg[o0 + c];
+                s[1] += go[c] * xg[o1 + c];
+                s[2] += go[c] * xg[o2 + c];
+                s[3] += go[c] * xg[o3 + c];
+            }
+            for (int k = 0; k < 4; ++k) t->s[k][p] = s[k];
+        }
+        if (gxg) {
+            const i32 o[4] = {o0, o1, o2, o3};
+            for (int k = 0; k < 4; ++k) {
+                const float a = t->w[k][p];
+                if (a == 0.0f) continue;
+                float *dst = gxg + o[k];
+                i64 c = 0;
+                for (; c + 8 <= Cg; c += 8) *(v8f *)(dst + c) += a * *(const v8f *)(go + c);
+                for (; c < Cg; ++c) dst[c] += a * go[c];
+            }
+        }
+    }
+}
+
+/* Offset and mask gradients of a tile from s, vectorised over the points;
+   corners outside the image count as 0. */
+static void tile_offset_grads(const Tile *restrict t, i64 n, const float *restrict mk,
+                              float *restrict gy, float *restrict gx, float *restrict gm) {
+    for (i64 p = 0; p < n; ++p) {
+        const float s0 = t->v[0][p] != 0.0f ? t->s[0][p] : 0.0f;
+        const float s1 = t->v[1][p] != 0.0f ? t->s[1][p] : 0.0f;
+        const float s2 = t->v[2][p] != 0.0f ? t->s[2][p] : 0.0f;
+        const float s3 = t->v[3][p] != 0.0f ? t->s[3][p] : 0.0f;
+        const float m = mk[p], fy = t->ly[p], fx = t->lx[p];
+        const float hy = 1.0f - fy, hx = 1.0f - fx;
+        gm[p] = hy * hx * s0 + hy * fx * s1 + fy * hx * s2 + fy * fx * s3;
+        gy[p] = m * (hx * (s2 - s0) + fx * (s3 - s1));
+        gx[p] = m * (hy * (s1 - s0) + fy * (s3 - s2));
+    }
+}
+
+/* Backward of im2col for the rows [q0, q1) of the column matrix (gcols holds
+   them from q0 on), part `part` of `nparts`: the parts split the offset
+   groups (or, with fewer groups than parts, the images), so each touches only
+   its own channels of gx and its own offset and mask channels, and parts run
+   in parallel without races.  Tile by tile, a part handles all its groups
+   before moving on, so the tile's rows of gcols are read while in cache.
+   gx: like x, accumulated; goff, gmask: like offset and
+   mask, written for the rows' positions.  Any of gx, goff, gmask may be NULL. */
+static void col2im_part(const float *x, const float *offset, const float *mask,
+                        const float *gcols, float *gx, float *goff, float *gmask, i64 H, i64 W,
+                        i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo, i64 ostride,
+                        i64 q0, i64 q1, int part, int nparts) {
+    const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
+    const int need_s = goff != 0 || gmask != 0;
+    const i64 bfirst = q0 / HWo, bend = (q1 - 1) / HWo + 1;
+    i64 glo = 0, ghi = G, blo = bfirst, bhi = bend;
+    if (G >= nparts) {
+        glo = G * part / nparts;
+        ghi = G * (part + 1) / nparts;
+    } else {
+        blo = bfirst + (bend - bfirst) * part / nparts;
+        bhi = bfirst + (bend - bfirst) * (part + 1) / nparts;
+    }
+    Tile tl;
+    float gys[TILE], gxs[TILE], gms[TILE];
+    for (i64 b = blo; b < bhi; ++b) {
+        const i64 pa = (b * HWo > q0 ? b * HWo : q0) - b * HWo;
+        const i64 pb = ((b + 1) * HWo < q1 ? (b + 1) * HWo : q1) - b * HWo;
+        const float *ob = offset + b * ostride;
+        const float *mb = mask + b * G * KK * HWo;
+        for (i64 p0 = pa; p0 < pb; p0 += TILE) {
+            const i64 n = p0 + TILE < pb ? TILE : pb - p0;
+            tile_base(&tl, p0, n, Wo, pad);
+            for (i64 g = glo; g < ghi; ++g) {
+                const float *xg = x + (b * G + g) * H * W * Cg;
+                float *gxg = gx ? gx + (b * G + g) * H * W * Cg : 0;
+                const float *gq = gcols + (b * HWo + p0 - q0) * K + g * KK * Cg;
+                for (i64 i = 0; i < kh; ++i) {
+                    for (i64 j = 0; j < kw; ++j) {
+                        const i64 k = i * kw + j, ch = g * KK + k;
+                        const float *mk = mb + ch * HWo + p0;
+                        tile_corners(&tl, n, ob + 2 * ch * HWo + p0,
+                                     ob + (2 * ch + 1) * HWo + p0, mk, (float)i, (float)j, H, W,
+                                     Cg, 1);
+                        tile_backward(&tl, n, gq + k * Cg, K, Cg, xg, gxg, need_s);
+                        if (!need_s) continue;
+                        tile_offset_grads(&tl, n, mk, gys, gxs, gms);
+                        const size_t bytes = (size_t)n * sizeof(float);
+                        if (goff) {
+                            memcpy(goff + (b * 2 * G * KK + 2 * ch) * HWo + p0, gys, bytes);
+                            memcpy(goff + (b * 2 * G * KK + 2 * ch + 1) * HWo + p0, gxs, bytes);
+                        }
+                        if (gmask) memcpy(gmask + (b * G * KK + ch) * HWo + p0, gms, bytes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* nthreads > 1 (OpenMP builds): all nthreads parts in parallel; else part `part`. */
+void zsm_dcn_col2im(ZSM_DCN_COL2IM_PARAMS) {
+#if defined(_OPENMP)
+    if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+        col2im_part(x, offset, mask, gcols, gx, goff, gmask, H, W, C, G, kh, kw, pad, Ho, Wo,
+                    ostride, q0, q1, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    (void)nthreads;
+    col2im_part(x, offset, mask, gcols, gx, goff, gmask, H, W, C, G, kh, kw, pad, Ho, Wo,
+                ostride, q0, q1, part, nparts);
+}
