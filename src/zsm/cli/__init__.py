@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from zsm import __version__
 
 # Subcommand modules, in the order `zsm --help` lists them.
-SUBCOMMANDS = ("demo", "upscale", "evaluate", "train", "benchmark", "convert_weights", "info")
+SUBCOMMANDS = ("demo", "upscale", "ui", "evaluate", "train", "benchmark", "convert_weights", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
