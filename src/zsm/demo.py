@@ -87,7 +87,7 @@ def run_demo(
     }
     try:
         result = upscale_video(clip, paths["zsm.mp4"], options, progress=progress)
-        _compare(
+        write_comparison(
             clip,
             paths["zsm.mp4"],
             paths["side_by_side.mp4"],
@@ -139,8 +139,14 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return img
 
 
-def _compare(clip: Path, result: Path, video: Path, sheet: Path, max_frames: int | None) -> None:
-    """Write the side-by-side video (with the clip's audio) and the contact sheet."""
+def write_comparison(
+    clip: Path, result: Path, video: Path, sheet: Path, max_frames: int | None = None
+) -> None:
+    """Write the side-by-side video of ``clip`` (bicubic x4, each frame twice) against its
+    upscaling ``result`` (with the clip's audio) and the contact sheet, as ``zsm demo`` does.
+
+    ``result`` is a time-factor-2 upscaling of ``clip`` (its first ``max_frames`` frames).
+    """
     info = probe(result)
     n_in = max(2, (info.frame_count or 2) // 2)
     # Input frames at 1/4, 1/2, 3/4 of the clip; each row: bicubic, zsm, zsm's next frame.

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from zsm.errors import ZSMError
+
 log = logging.getLogger("zsm")
 
 DTYPES: dict[str, torch.dtype | None] = {
@@ -82,5 +84,5 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
                 "emulated, slower than fp32"
             )
     elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError("bf16 needs a GPU that supports bfloat16; use fp16 or fp32")
+        raise ZSMError("bf16 needs a GPU that supports bfloat16; use --precision fp16 or fp32")
     return dtype

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from zsm.demo import _compare, demo_clip
+from zsm.demo import demo_clip, write_comparison
 from zsm.device import resolve_device
 from zsm.errors import InputError, ZSMError
 from zsm.models.registry import registered_weights, resolve_weights
@@ -224,7 +224,7 @@ class UpscaleService:
             return None
         out = Comparison(request.folder / "side_by_side.mp4", request.folder / "contact_sheet.png")
         if not (out.side_by_side.is_file() and out.contact_sheet.is_file()):
-            _compare(request.src, result.output, out.side_by_side, out.contact_sheet, None)
+            write_comparison(request.src, result.output, out.side_by_side, out.contact_sheet, None)
         return out
 
     # --- housekeeping ---------------------------------------------------------------------
