@@ -326,7 +326,8 @@ def test_shape_errors() -> None:
 
 
 def test_autocast_keeps_offsets_and_sampling_in_float32() -> None:
-    """Under autocast the offset conv and the sampling run in fp32 (CPU autocast here)."""
+    """Under autocast the offset conv and the sampling run in fp32 (CPU autocast here);
+    the CPU backend's GEMM runs in bf16, so the output is bf16 (tests/test_dcn_bf16.py)."""
     torch.manual_seed(0)
     layer = ModulatedDeformConv2d(16, 8, offset_groups=2)
     torch.nn.init.normal_(layer.offset_mask.weight, std=0.2)
@@ -335,6 +336,8 @@ def test_autocast_keeps_offsets_and_sampling_in_float32() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         offset, mask = layer.offsets_and_mask(feat)
         out = layer(x, feat)
-    assert offset.dtype == mask.dtype == out.dtype == torch.float32
+    assert offset.dtype == mask.dtype == torch.float32
+    assert out.dtype == torch.bfloat16
     expected = layer(x.float(), feat.float())  # same bf16-rounded inputs, no autocast
-    assert (out - expected).abs().max().item() <= TOL
+    rel = (out.float() - expected).norm() / expected.norm()
+    assert rel.item() < 1e-2  # bf16 GEMM rounding only
