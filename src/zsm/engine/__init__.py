@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from zsm.engine.banded import BandedReconstructor
 from zsm.engine.ensemble import SelfEnsemble, with_ensemble
 from zsm.engine.precision import autocast_dtype
 from zsm.engine.rewrites import NAMES, Rewrite, rewrites_for
@@ -105,8 +106,6 @@ def _descriptor(network: ZoomingSlowMo, device: torch.device) -> ModelDescriptor
     made 348-px instead of 236-px tiles for a 720p input and was no faster:
     236.1 s vs 224.5-234.5 s for 4 -> 8 frames.)
     """
-    from zsm.engine.banded import BandedReconstructor
-
     descriptor = network.descriptor
     if isinstance(network.reconstruct, BandedReconstructor):
         c = network.config

@@ -14,10 +14,6 @@ from zsm.models.interp import FeatureInterpolation
 from zsm.models.reconstruct import Reconstructor
 from zsm.models.sequence import flatten_frames, seq_op
 
-# The four stages (``zsm benchmark`` times them), computed by the children ``extract``,
-# ``interpolate``, ``aggregate`` and ``reconstruct``.
-STAGES = ("extract", "interpolate", "ConvLSTM", "reconstruct")
-
 
 class ZoomingSlowMo(nn.Module):
     """n LR frames (B, n, 3, H, W) in [0, 1] -> 2n-1 HR frames (B, 2n-1, 3, 4H, 4W).

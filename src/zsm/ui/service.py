@@ -25,7 +25,7 @@ from zsm.demo import demo_clip, write_comparison
 from zsm.device import resolve_device
 from zsm.errors import InputError, ZSMError
 from zsm.models.registry import registered_weights, resolve_weights
-from zsm.options import UpscaleOptions
+from zsm.options import DEFAULTS, UpscaleOptions
 from zsm.ui import text
 from zsm.ui.config import UiSettings
 from zsm.ui.files import Sweeper, WorkFolder, check_upload
@@ -96,10 +96,10 @@ class UpscaleService:
         *,
         weights: str,
         device: str,
-        precision: str = "fp32",
-        ensemble: int = 1,
-        time_factor: int = 2,
-        crf: int = 18,
+        precision: str = DEFAULTS.precision,
+        ensemble: int = DEFAULTS.ensemble,
+        time_factor: int = DEFAULTS.time_factor,
+        crf: int = DEFAULTS.crf,
     ) -> Job:
         """Check the upload and options, then queue the upscaling; returns the job.
 
