@@ -5,6 +5,12 @@ generator seeded by ``seed`` (crop, flips, rotation, reversal), and applies
 the shared degradation (:func:`zsm.data.degrade.make_lr_clip`: MATLAB bicubic
 x4, frames 0, 2, 4, 6 kept as input). The sample is a pure function of the
 key, so the data order (:mod:`zsm.training.sampler`) fully determines a run.
+
+For a flow-guided network (``flow=True``) a sample is a triple: the LR
+optical flow of every neighbouring input pair is computed on the *whole*
+degraded frames of the clip and then cropped with the patch, so that the
+network learns motions larger than its patch; flips, rotation and reversal
+then come before the crop and the degradation runs on whole frames.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zsm.data.augment import AugmentConfig, augment_clip
+from zsm.data.augment import SCALE, AugmentConfig, augment_clip, random_flip_rotate
 from zsm.data.datasets import ClipSource
 from zsm.data.degrade import make_lr_clip
+from zsm.errors import InputError
+from zsm.ops.flow import DISFlow, to_uint8_frames
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class TrainingPairs(Dataset):
         augment: AugmentConfig | None = None,
         degrade: DegradeConfig | None = None,
         static_prob: float = 0.0,
+        flow: bool = False,
     ) -> None:
         if source.length % 2 == 0:
             raise ValueError(f"clips need an odd number of frames, got {source.length}")
@@ -62,18 +71,56 @@ class TrainingPairs(Dataset):
         self.augment = augment or AugmentConfig()
         self.degrade = degrade or DegradeConfig()
         self.static_prob = static_prob
+        self.flow = flow
+        self._dis: DISFlow | None = None
+
+    def __getstate__(self) -> dict[str, object]:  # DataLoader workers: OpenCV objects don't pickle
+        return {**self.__dict__, "_dis": None}
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = key
         rng = np.random.default_rng(seed)
         clip = self.source.clip(index, rng)
+        if self.flow:
+            return self._with_flow(clip, rng)
         clip = augment_clip(clip, rng, self.augment)
         if self.static_prob and rng.random() < self.static_prob:
             clip = np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
         return self._degrade(clip_to_tensor(clip), rng)
+
+    def _with_flow(
+        self, clip: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lr, hr, flow (n-1, 4, p, p)): degraded and flow-estimated whole, then cropped."""
+        a = self.augment
+        h, w = (clip.shape[1] // SCALE) * SCALE, (clip.shape[2] // SCALE) * SCALE
+        clip = random_flip_rotate(clip[:, :h, :w], rng, flips=a.flips, rotate=a.rotate)
+        if a.reverse and rng.integers(0, 2):
+            clip = clip[::-1]
+        if self.static_prob and rng.random() < self.static_prob:
+            clip = np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
+        lr, hr = self._degrade(clip_to_tensor(clip), rng)
+        lh, lw = lr.shape[-2:]
+        p = a.lr_patch
+        if lh < p or lw < p:
+            raise InputError(
+                f"frames of {lw * SCALE}x{lh * SCALE} pixels are smaller than the HR training "
+                f"patch {a.hr_patch}x{a.hr_patch}; lower data.lr_patch or the HR down-scaling"
+            )
+        if self._dis is None:
+            self._dis = DISFlow()
+        flow = torch.from_numpy(self._dis.clip(to_uint8_frames(lr)))
+        top, left = int(rng.integers(0, lh - p + 1)), int(rng.integers(0, lw - p + 1))
+        ys, xs = slice(top, top + p), slice(left, left + p)
+        hys, hxs = slice(SCALE * top, SCALE * (top + p)), slice(SCALE * left, SCALE * (left + p))
+        return (
+            lr[..., ys, xs].contiguous(),
+            hr[..., hys, hxs].contiguous(),
+            flow[..., ys, xs].contiguous(),
+        )
 
     def _degrade(
         self, hr: torch.Tensor, rng: np.random.Generator

@@ -43,6 +43,24 @@ def transform(x: torch.Tensor, k: int) -> torch.Tensor:
     return x
 
 
+def transform_flow(flow: torch.Tensor, k: int) -> torch.Tensor:
+    """The flow (B, n-1, 4, H, W) of the frames transformed by :func:`transform` ``k``.
+
+    Time reversal reverses the pairs and swaps each pair's two directions; a
+    flip mirrors the field and negates the flipped axis' component; the
+    transposition swaps the axes and the components.
+    """
+    if k & 1:
+        flow = flow.flip(1)[:, :, [2, 3, 0, 1]]
+    if k & 2:
+        flow = flow.flip(-1) * flow.new_tensor([-1.0, 1.0, -1.0, 1.0]).view(4, 1, 1)
+    if k & 4:
+        flow = flow.flip(-2) * flow.new_tensor([1.0, -1.0, 1.0, -1.0]).view(4, 1, 1)
+    if k & 8:
+        flow = flow.transpose(-1, -2)[:, :, [1, 0, 3, 2]]
+    return flow
+
+
 def untransform(y: torch.Tensor, k: int) -> torch.Tensor:
     """The inverse of :func:`transform` (the same steps in reverse order)."""
     if k & 8:
@@ -78,11 +96,15 @@ class SelfEnsemble(nn.Module):
         self.model = model
         self.passes = check_passes(passes)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
+        """``flow``: the frames' LR flow, for a flow-guided network (transformed with them)."""
         total: torch.Tensor | None = None
         for k in range(self.passes):
             x = transform(frames, k).contiguous()
-            y = untransform(self.model(x), k)
+            if flow is None:
+                y = untransform(self.model(x), k)
+            else:
+                y = untransform(self.model(x, transform_flow(flow, k).contiguous()), k)
             if total is None:
                 total = y.float().contiguous()
             else:

@@ -9,6 +9,10 @@ made:
 - ``bicubic-blend``: the mean of the two neighbours (cross-fade; ghosts on motion),
 - ``bicubic-flow``: both neighbours warped to t = 1/2 along OpenCV DIS optical
   flow and blended with occlusion-aware weights (see :func:`flow_midpoint`).
+- ``bicubic-flow-lr``: the same along the DIS flow of the *LR* frames, enlarged;
+  exactly the in-between frames of an untrained flow-guided network, whose
+  global skip this is (:func:`zsm.models.zsm.flow_skip`; its enlargement is
+  PyTorch's bicubic, not MATLAB's).
 
 Each takes LR frames as uint8 RGB (n, h, w, 3) and yields the 2n-1 uint8 RGB
 output frames (4h, 4w, 3) one at a time, in order, so that long clips are
@@ -17,6 +21,7 @@ scored without holding every output in memory.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 
 from zsm.data.degrade import SCALE, bicubic_upscale
+from zsm.models.zsm import flow_skip
+from zsm.ops.flow import DISFlow
 
 Baseline = Callable[[Sequence[np.ndarray]], Iterator[np.ndarray]]
 
@@ -78,10 +85,24 @@ def bicubic_flow(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
     return _with_midpoints(lr, lambda a, b: flow_midpoint(a, b, dis=dis))
 
 
+def bicubic_flow_lr(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """Bicubic x4 of every input; the in-between frame is the flow-guided network's skip."""
+    _check_lr(lr)
+    dis = DISFlow()
+    yield _to_uint8(_upscale(lr[0]))
+    for a, b in itertools.pairwise(lr):
+        pair = torch.from_numpy(np.stack((a, b))).permute(0, 3, 1, 2).float().div_(255.0)
+        flow = torch.from_numpy(dis.pair(a, b))
+        mid = flow_skip(pair[None], flow[None, None])[0, 1]  # (3, 4h, 4w) in [0, 1]
+        yield _to_uint8(mid.permute(1, 2, 0).double().mul_(255.0).numpy())
+        yield _to_uint8(_upscale(b))
+
+
 BASELINES: dict[str, Baseline] = {
     "bicubic-repeat": bicubic_repeat,
     "bicubic-blend": bicubic_blend,
     "bicubic-flow": bicubic_flow,
+    "bicubic-flow-lr": bicubic_flow_lr,
 }
 
 

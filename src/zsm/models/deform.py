@@ -17,6 +17,11 @@ from torch import nn
 from zsm.ops.dcn import modulated_deform_conv2d
 
 
+def flow_offsets(flow: torch.Tensor, points: int) -> torch.Tensor:
+    """A flow (N, 2, H, W) as (dx, dy) -> offsets (N, 2 * points, H, W): (dy, dx) repeated."""
+    return flow.float().flip(1).repeat(1, points, 1, 1)
+
+
 class OffsetMaskConv2d(nn.Conv2d):
     """The conv that predicts offsets and mask logits: ``forward`` returns both, apart.
 
@@ -47,6 +52,11 @@ class ModulatedDeformConv2d(nn.Module):
     ``cat(o1, o2)`` as offsets and ``sigmoid(m)`` as the mask, and samples
     ``x`` with them. ``offset_mask`` starts at zero, so an untrained layer
     samples the regular grid with mask 0.5 (as in the official release).
+
+    Flow-guided (``max_residual`` set, and a ``base`` flow given to
+    ``forward``): the offsets are ``base + max_residual * tanh(o)``, the base
+    flow ``(N, 2, H, W)`` as (dx, dy) shared by every group and kernel point;
+    an untrained layer samples exactly along the flow.
     """
 
     def __init__(
@@ -57,8 +67,10 @@ class ModulatedDeformConv2d(nn.Module):
         kernel_size: int = 3,
         offset_groups: int = 8,
         offset_in_channels: int | None = None,
+        max_residual: float | None = None,
     ) -> None:
         super().__init__()
+        self.max_residual = max_residual
         if in_channels % offset_groups:
             raise ValueError(
                 f"in_channels ({in_channels}) must be divisible by offset_groups ({offset_groups})"
@@ -78,6 +90,15 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
 
+    def zero_offset_residual_(self) -> None:
+        """Zero the offset part of ``offset_mask`` (the mask part is kept): with a base
+        flow, the layer then samples exactly along it."""
+        n = 2 * self.offset_mask.out_channels // 3
+        with torch.no_grad():
+            self.offset_mask.weight[:n].zero_()
+            if self.offset_mask.bias is not None:
+                self.offset_mask.bias[:n].zero_()
+
     def offsets_and_mask(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Offsets (B, 2*G*k*k, H, W) and mask (B, G*k*k, H, W) predicted from ``feat``.
 
@@ -94,8 +115,16 @@ class ModulatedDeformConv2d(nn.Module):
         # offset = cat(o1, o2) of the three chunks; backends also take it as a view
         return offset, torch.sigmoid(logits)
 
-    def forward(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, feat: torch.Tensor, base: torch.Tensor | None = None
+    ) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(feat)
+        if base is not None:
+            if self.max_residual is None:
+                raise ValueError("a base flow needs a flow-guided layer (max_residual)")
+            offset = flow_offsets(base, offset.shape[1] // 2) + self.max_residual * torch.tanh(
+                offset
+            )
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, padding=self.padding
         )

@@ -26,6 +26,10 @@ class ModelDescriptor:
         time_steps: whether the model makes frames at any time step between two inputs
             (``False``: only halfway).
         precisions: the precisions it runs in (``fp32``, ``fp16``, ``bf16``).
+        needs_flow: whether the model takes ``flow=``, the LR optical flow of every
+            neighbouring pair of its input frames, (1, n-1, 4, h, w) as
+            :func:`zsm.ops.flow.frame_flows` makes it; the pipeline computes it on
+            whole frames and crops it with each tile.
     """
 
     scale: int
@@ -33,6 +37,7 @@ class ModelDescriptor:
     bytes_per_pixel_frame: float
     time_steps: bool = False
     precisions: tuple[str, ...] = ("fp32",)
+    needs_flow: bool = False
 
     def __post_init__(self) -> None:
         if self.scale < 1 or self.size_multiple < 1:

@@ -4,6 +4,12 @@ The feature of a missing frame between frames ``a`` and ``b`` is
 ``blend([align_a(a <- b), align_b(b <- a)])``: each side is sampled by a
 coarse-to-fine pyramid of modulated deformable convs whose offsets are
 learned from *both* frames; no LR frame is ever synthesised.
+
+Flow-guided (``max_residual`` given): each side also takes a flow from the
+target time to its own frame, at full (L1) resolution; at every level it is
+averaged down to that level, both features are warped along it before the
+offset convs see them, and it is the deformable conv's base offset (see
+:class:`~zsm.models.deform.ModulatedDeformConv2d`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from torch.nn import functional as F
 
 from zsm.models.blocks import conv3x3, lrelu_
 from zsm.models.deform import ModulatedDeformConv2d
+from zsm.ops.warp import resize_flow, warp
+
+LevelFlows = tuple[torch.Tensor, torch.Tensor]  # the flows of p and q at one level
 
 
 def up2(x: torch.Tensor) -> torch.Tensor:
@@ -30,14 +39,16 @@ class AlignLevel(nn.Module):
     fused with the coarser level's aligned feature by ``fuse``.
     """
 
-    def __init__(self, *, nf: int, groups: int, coarsest: bool) -> None:
+    def __init__(
+        self, *, nf: int, groups: int, coarsest: bool, max_residual: float | None = None
+    ) -> None:
         super().__init__()
         self.coarsest = coarsest
         self.offset_in = conv3x3(2 * nf, nf)
         if not coarsest:
             self.offset_merge = conv3x3(2 * nf, nf)
         self.offset_out = conv3x3(nf, nf)
-        self.dcn = ModulatedDeformConv2d(nf, nf, offset_groups=groups)
+        self.dcn = ModulatedDeformConv2d(nf, nf, offset_groups=groups, max_residual=max_residual)
         if not coarsest:
             self.fuse = conv3x3(2 * nf, nf)
 
@@ -46,16 +57,25 @@ class AlignLevel(nn.Module):
         p: torch.Tensor,
         q: torch.Tensor,
         coarser: tuple[torch.Tensor, torch.Tensor] | None,
+        flows: LevelFlows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Align ``p`` using offsets from ``[p, q]``; returns (offset feature, aligned)."""
-        off = lrelu_(self.offset_in(torch.cat((p, q), dim=1)))
+        """Align ``p`` using offsets from ``[p, q]``; returns (offset feature, aligned).
+
+        With ``flows`` (of ``p`` and of ``q``), the offsets see both features
+        warped along their flows, and ``p``'s flow is the base offset.
+        """
+        pw, qw, base = p, q, None
+        if flows is not None:
+            base = flows[0]
+            pw, qw = warp(p, flows[0]), warp(q, flows[1])
+        off = lrelu_(self.offset_in(torch.cat((pw, qw), dim=1)))
         if coarser is None:
             off = lrelu_(self.offset_out(off))
-            return off, self.dcn(p, off)
+            return off, self.dcn(p, off, base)
         coarse_off, coarse_fea = coarser
         off = lrelu_(self.offset_merge(torch.cat((off, up2(coarse_off).mul_(2)), dim=1)))
         off = lrelu_(self.offset_out(off))
-        fea = self.fuse(torch.cat((self.dcn(p, off), up2(coarse_fea)), dim=1))
+        fea = self.fuse(torch.cat((self.dcn(p, off, base), up2(coarse_fea)), dim=1))
         return off, fea
 
 
@@ -66,18 +86,27 @@ class PyramidAlign(nn.Module):
     is the aligned feature handed on).
     """
 
-    def __init__(self, *, nf: int = 64, groups: int = 8) -> None:
+    def __init__(self, *, nf: int = 64, groups: int = 8, max_residual: float | None = None) -> None:
         super().__init__()
-        self.l3 = AlignLevel(nf=nf, groups=groups, coarsest=True)
-        self.l2 = AlignLevel(nf=nf, groups=groups, coarsest=False)
-        self.l1 = AlignLevel(nf=nf, groups=groups, coarsest=False)
+        kw = {"nf": nf, "groups": groups, "max_residual": max_residual}
+        self.l3 = AlignLevel(coarsest=True, **kw)  # type: ignore[arg-type]
+        self.l2 = AlignLevel(coarsest=False, **kw)  # type: ignore[arg-type]
+        self.l1 = AlignLevel(coarsest=False, **kw)  # type: ignore[arg-type]
 
-    def forward(self, p: list[torch.Tensor], q: list[torch.Tensor]) -> torch.Tensor:
-        off3, fea3 = self.l3(p[2], q[2], None)
+    def forward(
+        self, p: list[torch.Tensor], q: list[torch.Tensor], flows: LevelFlows | None = None
+    ) -> torch.Tensor:
+        """``flows``: the L1 flows of ``p`` and ``q`` (flow-guided networks only)."""
+        f1 = f2 = f3 = None
+        if flows is not None:
+            f1 = flows
+            f2 = (resize_flow(f1[0], -2), resize_flow(f1[1], -2))
+            f3 = (resize_flow(f2[0], -2), resize_flow(f2[1], -2))
+        off3, fea3 = self.l3(p[2], q[2], None, f3)
         fea3 = lrelu_(fea3)
-        off2, fea2 = self.l2(p[1], q[1], (off3, fea3))
+        off2, fea2 = self.l2(p[1], q[1], (off3, fea3), f2)
         fea2 = lrelu_(fea2)
-        _, fea1 = self.l1(p[0], q[0], (off2, fea2))
+        _, fea1 = self.l1(p[0], q[0], (off2, fea2), f1)
         return fea1
 
 
@@ -88,12 +117,21 @@ class FeatureInterpolation(nn.Module):
     ``align_b``); ``blend`` is a learned 1x1 conv.
     """
 
-    def __init__(self, *, nf: int = 64, groups: int = 8) -> None:
+    def __init__(self, *, nf: int = 64, groups: int = 8, max_residual: float | None = None) -> None:
         super().__init__()
-        self.align_a = PyramidAlign(nf=nf, groups=groups)
-        self.align_b = PyramidAlign(nf=nf, groups=groups)
+        self.align_a = PyramidAlign(nf=nf, groups=groups, max_residual=max_residual)
+        self.align_b = PyramidAlign(nf=nf, groups=groups, max_residual=max_residual)
         self.blend = nn.Conv2d(2 * nf, nf, 1)
 
-    def forward(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-        """``a`` and ``b`` are pyramids ``[L1, L2, L3]``; returns (B, nf, H, W)."""
-        return self.blend(torch.cat((self.align_a(a, b), self.align_b(b, a)), dim=1))
+    def forward(
+        self, a: list[torch.Tensor], b: list[torch.Tensor], flows: LevelFlows | None = None
+    ) -> torch.Tensor:
+        """``a`` and ``b`` are pyramids ``[L1, L2, L3]``; returns (B, nf, H, W).
+
+        ``flows``: the flows (N, 2, H, W) from the target time to ``a``'s frame
+        and to ``b``'s (flow-guided networks only).
+        """
+        swapped = None if flows is None else (flows[1], flows[0])
+        return self.blend(
+            torch.cat((self.align_a(a, b, flows), self.align_b(b, a, swapped)), dim=1)
+        )

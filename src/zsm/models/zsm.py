@@ -8,8 +8,10 @@ from torch.nn import functional as F
 
 from zsm.models.config import MULTIPLE, SCALE, ZSMConfig, preset
 from zsm.models.convlstm import BiDeformableConvLSTM
+from zsm.models.deform import ModulatedDeformConv2d
 from zsm.models.descriptor import ModelDescriptor
 from zsm.models.extract import FeatureExtractor
+from zsm.models.flowguide import add_flow_skip_, check_flow, mid_flows, split, state_flows
 from zsm.models.interp import FeatureInterpolation
 from zsm.models.reconstruct import Reconstructor
 from zsm.models.sequence import flatten_frames, seq_op
@@ -22,19 +24,44 @@ class ZoomingSlowMo(nn.Module):
     frame halfway between inputs k and k+1, interpolated in feature space.
     Any H, W >= 1 work: they are replicate-padded to multiples of 4 inside and
     the output is cropped back. The output is not clamped.
+
+    A flow-guided network (``config.flow_guided``) also needs ``flow``, the LR
+    optical flow (B, n-1, 4, H, W) of every neighbouring pair
+    (:func:`zsm.ops.flow.frame_flows`; the inference engine computes it when
+    not given). Untrained, its output is the ``bicubic-flow-lr`` baseline's:
+    the offsets follow the flow and the output conv starts at zero.
     """
 
     def __init__(self, config: ZSMConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or ZSMConfig()
+        residual = config.max_residual if config.flow_guided else None
         self.extract = FeatureExtractor(nf=config.nf, front_RBs=config.front_RBs)
-        self.interpolate = FeatureInterpolation(nf=config.nf, groups=config.groups)
-        self.aggregate = BiDeformableConvLSTM(nf=config.nf, groups=config.groups)
+        self.interpolate = FeatureInterpolation(
+            nf=config.nf, groups=config.groups, max_residual=residual
+        )
+        self.aggregate = BiDeformableConvLSTM(
+            nf=config.nf, groups=config.groups, max_residual=residual
+        )
         self.reconstruct = Reconstructor(nf=config.nf, back_RBs=config.back_RBs, hr_nf=config.hr_nf)
+        if config.flow_guided:
+            nn.init.zeros_(self.reconstruct.out_conv.weight)
+            nn.init.zeros_(self.reconstruct.out_conv.bias)
+
+    def zero_offset_residuals_(self) -> int:
+        """Zero the learned offset residual of every deformable conv (see
+        :meth:`~zsm.models.deform.ModulatedDeformConv2d.zero_offset_residual_`): a
+        flow-guided network initialised from a learned-offset one starts at the flow.
+        Returns how many layers were reset."""
+        layers = [m for m in self.modules() if isinstance(m, ModulatedDeformConv2d)]
+        for layer in layers:
+            layer.zero_offset_residual_()
+        return len(layers)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: object) -> ZoomingSlowMo:
-        """Build a randomly initialised network from a named preset (``official``, ``compact``)."""
+        """Build a randomly initialised network from a named preset (``official``, ``compact``,
+        ``compact-flow``)."""
         base = preset(name)
         return cls(ZSMConfig(**{**base.__dict__, **overrides}))
 
@@ -49,32 +76,49 @@ class ZoomingSlowMo(nn.Module):
         19.5 KB and 39 KB.
         """
         c = self.config
+        # The flow skip's HR flows, occlusion masks and warps: about 40 floats per HR pixel.
+        flow_bytes = 16 * 160.0 if c.flow_guided else 0.0
         return ModelDescriptor(
             scale=SCALE,
             size_multiple=MULTIPLE,
-            bytes_per_pixel_frame=512.0 * c.hr_nf + 96.0 * c.nf,
+            bytes_per_pixel_frame=512.0 * c.hr_nf + 96.0 * c.nf + flow_bytes,
             precisions=("fp32", "fp16", "bf16"),
+            needs_flow=c.flow_guided,
         )
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, n, 3, H, W) in [0, 1] -> (B, 2n-1, 3, 4H, 4W)."""
+    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n, 3, H, W) in [0, 1] -> (B, 2n-1, 3, 4H, 4W); ``flow``: see the class."""
         b, n, _, h, w = _check_input(frames)
         x = _pad_to_multiple(frames, MULTIPLE)
+        pair_flows = None
+        if self.config.flow_guided:
+            pair_flows = split(_pad_to_multiple(check_flow(flow, b, n, h, w), MULTIPLE))
+        elif flow is not None:
+            raise ValueError("flow= is for flow-guided networks; this one learns its offsets")
         feats = self.extract(x.flatten(0, 1))  # pyramid levels of (B*n, nf, h, w)
-        feats = self._interpolate(feats, b, n)  # (B, 2n-1, nf, H', W')
-        feats = self.aggregate(feats)
+        feats = self._interpolate(feats, b, n, pair_flows)  # (B, 2n-1, nf, H', W')
+        feats = self.aggregate(feats, None if pair_flows is None else state_flows(*pair_flows))
         out = self.reconstruct(flatten_frames(feats)).unflatten(0, (b, 2 * n - 1))
-        if self.config.global_skip:
+        if pair_flows is not None:
+            add_flow_skip_(out, _bicubic_x4(x), *pair_flows)
+        elif self.config.global_skip:
             _add_bicubic_skip_(out, x)
         return out[..., : SCALE * h, : SCALE * w]
 
-    def _interpolate(self, pyr: list[torch.Tensor], b: int, n: int) -> torch.Tensor:
+    def _interpolate(
+        self,
+        pyr: list[torch.Tensor],
+        b: int,
+        n: int,
+        pair_flows: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
         """Input features interleaved with the features interpolated between neighbours."""
         pyr = [level.unflatten(0, (b, n)) for level in pyr]
         # Every neighbouring pair (k, k+1) at once, pairs stacked on the batch axis.
         first = [flatten_frames(level[:, :-1]) for level in pyr]
         second = [flatten_frames(level[:, 1:]) for level in pyr]
-        mid = self.interpolate(first, second).unflatten(0, (b, n - 1))
+        flows = None if pair_flows is None else mid_flows(*pair_flows)
+        mid = self.interpolate(first, second, flows).unflatten(0, (b, n - 1))
         return _interleave(pyr[0], mid)
 
 
@@ -126,6 +170,22 @@ def _add_bicubic_skip_(out: torch.Tensor, frames: torch.Tensor) -> None:
     up = _bicubic_x4(frames)
     out[:, 0::2] += up
     out[:, 1::2] += 0.5 * (up[:, :-1] + up[:, 1:])
+
+
+def flow_skip(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """The flow-guided network's global skip: what an untrained one outputs.
+
+    (B, n, 3, H, W) frames and their flow (B, n-1, 4, H, W) -> (B, 2n-1, 3, 4H, 4W):
+    the bicubic x4 of each input interleaved with the occlusion-aware flow
+    blend of each neighbouring pair, padded and cropped as inside the network.
+    """
+    b, n, _, h, w = _check_input(frames)
+    x = _pad_to_multiple(frames, MULTIPLE)
+    pair_flows = split(_pad_to_multiple(check_flow(flow, b, n, h, w), MULTIPLE))
+    up = _bicubic_x4(x)
+    out = torch.zeros((b, 2 * n - 1, *up.shape[2:]), dtype=up.dtype, device=up.device)
+    add_flow_skip_(out, up, *pair_flows)
+    return out[..., : SCALE * h, : SCALE * w]
 
 
 def bicubic_skip(frames: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,8 @@ def build_source(
     raise ConfigError(f"{where}: unknown kind {kind!r}; use vimeo, frames, videos or synthetic")
 
 
-def build_training_set(data: DataSection) -> TrainingPairs:
+def build_training_set(data: DataSection, *, flow: bool = False) -> TrainingPairs:
+    """The training pairs of ``data``; ``flow``: with each sample's LR flow (flow-guided)."""
     root = Path(data.root).expanduser()
     augment = AugmentConfig(
         lr_patch=data.lr_patch, flips=data.flips, rotate=data.rotate, reverse=data.reverse
@@ -126,7 +127,9 @@ def build_training_set(data: DataSection) -> TrainingPairs:
     degrade = DegradeConfig(
         noise_sigma=data.noise_sigma, jpeg_quality=jpeg, jpeg_prob=data.jpeg_prob
     )
-    return TrainingPairs(source, augment=augment, degrade=degrade, static_prob=data.static_prob)
+    return TrainingPairs(
+        source, augment=augment, degrade=degrade, static_prob=data.static_prob, flow=flow
+    )
 
 
 def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:

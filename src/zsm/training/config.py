@@ -34,6 +34,8 @@ class ModelSection:
     back_RBs: int | None = None
     hr_nf: int | None = None
     global_skip: bool | None = None
+    flow_guided: bool | None = None
+    max_residual: float | None = None
 
     def zsm_config(self) -> ZSMConfig:
         if self.preset not in PRESETS:

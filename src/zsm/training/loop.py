@@ -40,7 +40,7 @@ from zsm.training.ema import EMA
 from zsm.training.logs import RunLog
 from zsm.training.sampler import DataOrder, RankBatches
 from zsm.training.schedule import CosineRestarts
-from zsm.training.validate import ValidationClip, bicubic_psnr_y, validate
+from zsm.training.validate import ValidationClip, bicubic_psnr_y, flow_skip_psnr_y, validate
 
 FINAL_WEIGHTS = "model.safetensors"
 
@@ -114,9 +114,13 @@ class Trainer:
         model = ZoomingSlowMo(cfg.model.zsm_config())
         if cfg.train.init:
             config, state, _ = read_weights(cfg.train.init)
-            if config != model.config:
+            if config == model.config:
+                load_state_strict(model, state, cfg.train.init)
+            elif config.flow_guided or not model.config.flow_guided:
                 raise ConfigError(f"train.init weights are {config}, the model is {model.config}")
-            load_state_strict(model, state, cfg.train.init)
+            else:  # learned offsets -> flow-guided: same shapes, the residuals start at zero
+                load_state_strict(model, state, cfg.train.init)
+                model.zero_offset_residuals_()
         for prefix in cfg.train.freeze:
             hits = [
                 p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")
@@ -276,7 +280,7 @@ class Trainer:
         start = s.iteration
         stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
 
-        dataset = build_training_set(cfg.data)
+        dataset = build_training_set(cfg.data, flow=s.model.config.flow_guided)
         batches = RankBatches(
             DataOrder(len(dataset), t.seed),
             global_batch=cfg.data.batch_size,
@@ -306,7 +310,10 @@ class Trainer:
             )
             (self.run_dir / "config.json").write_text(cfg.to_json() + "\n")
             if not resume and val_clips:
-                start_scores = {"val_psnr_y_bicubic": bicubic_psnr_y(val_clips)}
+                start_scores = {
+                    "val_psnr_y_bicubic": bicubic_psnr_y(val_clips),
+                    "val_psnr_y_flow_skip": flow_skip_psnr_y(val_clips),
+                }
                 if t.init:  # the starting point, so that a fine-tune can be judged against it
                     start_scores["val_psnr_y_init"], _ = validate(
                         s.model, val_clips, device=d.device, amp_dtype=s.amp_dtype
@@ -318,8 +325,8 @@ class Trainer:
         window_start, window_iters = time.perf_counter(), 0
         try:
             with StopSignals(announce=d.is_main) as signals:
-                for lr_frames, hr_frames in loader:
-                    self._step(s, lr_frames.to(d.device), hr_frames.to(d.device))
+                for batch in loader:
+                    self._step(s, *(t.to(d.device) for t in batch))
                     s.samples_seen = batches.position(s.iteration)
                     window_iters += 1
                     progress.update(1)
@@ -354,14 +361,21 @@ class Trainer:
             )
         return TrainResult(s.iteration, self.run_dir, last_ckpt, weights, stopped)
 
-    def _step(self, s: _State, lr_frames: torch.Tensor, hr_frames: torch.Tensor) -> None:
+    def _step(
+        self,
+        s: _State,
+        lr_frames: torch.Tensor,
+        hr_frames: torch.Tensor,
+        flow: torch.Tensor | None = None,
+    ) -> None:
+        """One optimiser step; ``flow``: the batch's LR flow, for a flow-guided network."""
         t = self.config.train
         with torch.autocast(
             lr_frames.device.type,
             dtype=s.amp_dtype or torch.float32,
             enabled=s.amp_dtype is not None,
         ):
-            output = s.net(lr_frames)
+            output = s.net(lr_frames) if flow is None else s.net(lr_frames, flow)
         loss = charbonnier(output.float(), hr_frames, t.loss_eps)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()

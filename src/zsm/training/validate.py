@@ -8,7 +8,8 @@ from torch import nn
 
 from zsm.engine import prepare
 from zsm.evaluation.metrics import psnr_y
-from zsm.models.zsm import ZoomingSlowMo, bicubic_skip
+from zsm.models.zsm import ZoomingSlowMo, bicubic_skip, flow_skip
+from zsm.ops.flow import frame_flows
 
 ValidationClip = tuple[torch.Tensor, torch.Tensor]  # lr (n, 3, h, w), hr (2n-1, 3, 4h, 4w)
 
@@ -59,4 +60,13 @@ def bicubic_psnr_y(clips: list[ValidationClip]) -> float:
     values: list[float] = []
     for lr, hr in clips:
         values += clip_psnr_y(bicubic_skip(lr[None])[0], hr)
+    return float(np.mean(values))
+
+
+def flow_skip_psnr_y(clips: list[ValidationClip]) -> float:
+    """The flow-guided network's skip on the same clips: bicubic x4, LR flow blend between
+    (the ``bicubic-flow-lr`` baseline; what an untrained flow-guided network makes)."""
+    values: list[float] = []
+    for lr, hr in clips:
+        values += clip_psnr_y(flow_skip(lr[None], frame_flows(lr[None]))[0], hr)
     return float(np.mean(values))

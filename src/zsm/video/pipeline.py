@@ -3,7 +3,10 @@
 ``model(x)`` maps ``(1, n, 3, h, w)`` floats in [0, 1] to ``(1, 2n-1, 3, s*h, s*w)``
 and declares its scale ``s`` and working memory in a ``descriptor``
 (:class:`~zsm.models.descriptor.ModelDescriptor`; the inference engine's
-prepared networks do); the pipeline knows nothing else of it. It cuts the stream
+prepared networks do); the pipeline knows nothing else of it. A model that ``needs_flow`` also gets
+``flow=``: the LR optical flow of every neighbouring pair, computed here on
+whole frames (each pair once, shared by overlapping windows) and cropped with
+each tile, so that a tile sees motion larger than itself. It cuts the stream
 into overlapping temporal windows (:mod:`zsm.video.windows`), each window
 into overlapping spatial tiles (:mod:`zsm.video.tiles`), runs the model on
 each, and stitches only the owned centre of every window and tile.
@@ -16,6 +19,7 @@ frame rate, the last output frame is shown twice (output 2n-1 repeats output
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from zsm.models.descriptor import ModelDescriptor, describe
+from zsm.ops.flow import DISFlow
 from zsm.video.progress import check_cancel
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP, plan_tiles, tile_for_budget
 from zsm.video.windows import Window, WindowPlan, iter_windows
@@ -50,6 +55,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.descriptor: ModelDescriptor = describe(self.model)
+        self._flows = PairFlows() if self.descriptor.needs_flow else None
 
     def tile_size(self, height: int, width: int, frames: int | None = None) -> int | None:
         """The core tile side for windows of ``frames`` (default: the plan's size) frames of
@@ -85,10 +91,16 @@ class Pipeline:
         tiles = plan_tiles(
             h, w, self.tile_size(h, w, n), self.tile_overlap, align=self.descriptor.size_multiple
         )
+        flow = None
+        if self._flows is not None:
+            flow = self._flows.window(frames, win.start).to(self.device)  # (1, n-1, 4, H, W)
         for tile in tiles:
             check_cancel(self.cancel)
             x = lr[None, :, :, tile.y0 : tile.y1, tile.x0 : tile.x1]  # (1, n, 3, th, tw)
-            y = self.model(x)
+            if flow is None:
+                y = self.model(x)
+            else:
+                y = self.model(x, flow=flow[..., tile.y0 : tile.y1, tile.x0 : tile.x1])
             expected = (1, 2 * n - 1, 3, s * x.shape[-2], s * x.shape[-1])
             if tuple(y.shape) != expected:
                 raise RuntimeError(f"model returned {tuple(y.shape)}, expected {expected}")
@@ -117,6 +129,33 @@ class Pipeline:
         """Each window of ``frames`` with its owned outputs, in order (see :meth:`run_window`)."""
         for win, chunk in iter_windows(frames, self.plan, first=first_window):
             yield win, self.run_window(chunk, win, as_float=as_float)
+
+
+class PairFlows:
+    """The flow of each neighbouring pair of a stream's frames, computed once per pair.
+
+    Windows overlap by ``2*overlap + 1`` frames; the flows of the pairs they
+    share are kept from the previous window. A pair is recognised by its two
+    frame arrays themselves (the windows hand on the same objects), so a new
+    stream never meets the old one's flows.
+    """
+
+    def __init__(self) -> None:
+        self._dis = DISFlow()
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, torch.Tensor]] = {}
+
+    def window(self, frames: list[np.ndarray], start: int) -> torch.Tensor:
+        """(1, n-1, 4, H, W) float32 for the ``n`` frames beginning at stream index ``start``."""
+        cache, self._cache = self._cache, {}
+        out = []
+        for i, (a, b) in enumerate(itertools.pairwise(frames)):
+            hit = cache.get(start + i)
+            flow = hit[2] if hit and hit[0] is a and hit[1] is b else None
+            if flow is None:
+                flow = torch.from_numpy(self._dis.pair(a, b))
+            self._cache[start + i] = (a, b, flow)
+            out.append(flow)
+        return torch.stack(out)[None]
 
 
 def output_frames(

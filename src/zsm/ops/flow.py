@@ -1,0 +1,63 @@
+"""Optical flow of LR frames: OpenCV's DIS (Kroeger et al., ECCV 2016), both directions.
+
+The flow-guided network (:class:`~zsm.models.config.ZSMConfig` ``flow_guided``)
+takes, for every neighbouring pair of its n input frames, the forward and
+backward flow as one ``(n-1, 4, H, W)`` tensor per clip: channels
+``(dx01, dy01, dx10, dy10)`` in LR pixels (see :mod:`zsm.ops.warp`). It is
+computed on whole frames, before the video pipeline cuts them into tiles, so
+that a tile sees motion larger than itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import torch
+
+FLOW_CHANNELS = 4  # (dx, dy) forward, then (dx, dy) backward
+_MIN_SIDE = 16  # DIS refuses frames under 12 px; smaller ones are edge-padded to this
+
+
+def _gray(frame: np.ndarray) -> np.ndarray:
+    gray = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    if h < _MIN_SIDE or w < _MIN_SIDE:
+        gray = cv2.copyMakeBorder(
+            gray, 0, max(0, _MIN_SIDE - h), 0, max(0, _MIN_SIDE - w), cv2.BORDER_REPLICATE
+        )
+    return gray
+
+
+class DISFlow:
+    """DIS optical flow (preset ``medium``) of uint8 RGB frames, both ways for each pair."""
+
+    def __init__(self) -> None:
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    def pair(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
+        """(4, H, W) float32: the flow 0 -> 1 then 1 -> 0, of uint8 (H, W, 3) frames."""
+        h, w = frame0.shape[:2]
+        g0, g1 = _gray(frame0), _gray(frame1)
+        f01 = self._dis.calc(g0, g1, None)[:h, :w]
+        f10 = self._dis.calc(g1, g0, None)[:h, :w]
+        return np.concatenate((f01, f10), axis=-1).transpose(2, 0, 1)
+
+    def clip(self, frames: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """(n-1, 4, H, W) float32 for uint8 frames (n, H, W, 3)."""
+        return np.stack([self.pair(a, b) for a, b in itertools.pairwise(frames)])
+
+
+def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
+    """(n, 3, H, W) floats in [0, 1] -> uint8 (n, H, W, 3), rounded as the video writer does."""
+    x = frames.detach().float().clamp(0.0, 1.0).mul(255.0).add(0.5).floor()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def frame_flows(frames: torch.Tensor, estimator: DISFlow | None = None) -> torch.Tensor:
+    """The flows of every neighbouring pair of (B, n, 3, H, W) frames in [0, 1]:
+    (B, n-1, 4, H, W) float32 on the frames' device."""
+    estimator = estimator or DISFlow()
+    out = [torch.from_numpy(estimator.clip(to_uint8_frames(clip))) for clip in frames]
+    return torch.stack(out).to(frames.device)

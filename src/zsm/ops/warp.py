@@ -1,0 +1,102 @@
+"""Warping along optical flow, in torch: backward warp, occlusion test, flow to a time step.
+
+A flow field is ``(N, 2, H, W)`` holding ``(dx, dy)`` in pixels: ``flow01``
+maps a pixel ``x`` of frame 0 to ``x + flow01(x)`` in frame 1. A *backward*
+warp samples an image at ``x + flow(x)``, so warping frame 1 along ``flow01``
+gives (where nothing is occluded) frame 0. These are the operations of the
+``bicubic-flow`` baseline (:mod:`zsm.evaluation.baselines`, OpenCV there) and
+of the flow-guided network's global skip, which must agree exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``image`` (N, C, H, W) sampled at ``x + flow(x)``: bilinear, edges replicated."""
+    _n, _, h, w = image.shape
+    flow = flow.to(torch.float32)
+    ys = torch.arange(h, device=flow.device, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, device=flow.device, dtype=torch.float32).view(1, 1, w)
+    # grid_sample's align_corners=False coordinates: pixel i of W is at (2i + 1) / W - 1.
+    gx = (2.0 * (xs + flow[:, 0]) + 1.0) / w - 1.0
+    gy = (2.0 * (ys + flow[:, 1]) + 1.0) / h - 1.0
+    grid = torch.stack((gx, gy), dim=-1).to(image.dtype)  # (N, H, W, 2)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def occlusion(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): 1.0 where a pixel of the first frame has no match in the second, else 0.
+
+    Forward-backward consistency (Sundaram et al., ECCV 2010): following the
+    forward flow and then the backward flow found there should come back to
+    the start, up to a tolerance that grows with the motion.
+    """
+    back_at_target = warp(backward, forward)
+    err = (forward + back_at_target).square().sum(1, keepdim=True)
+    mag = forward.square().sum(1, keepdim=True) + back_at_target.square().sum(1, keepdim=True)
+    return (err > 0.01 * mag + 0.5).to(forward.dtype)
+
+
+def flows_to_time(
+    flow01: torch.Tensor, flow10: torch.Tensor, t: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flows from the frame at time ``t`` in (0, 1) to frames 0 and 1.
+
+    Under locally constant motion (Jiang et al., Super SloMo, CVPR 2018, eq. 4):
+    ``F_t0 = -(1 - t) t F01 + t^2 F10`` and ``F_t1 = (1 - t)^2 F01 - t (1 - t) F10``.
+    """
+    ft0 = flow01 * (-(1.0 - t) * t) + flow10 * (t * t)
+    ft1 = flow01 * ((1.0 - t) ** 2) + flow10 * (-t * (1.0 - t))
+    return ft0, ft1
+
+
+def flow_between(flow01: torch.Tensor, flow10: torch.Tensor, s: float, r: float) -> torch.Tensor:
+    """The flow from the frame at time ``s`` to the frame at time ``r``, both in [0, 1].
+
+    Constant motion through ``s``: ``F_sr = (1 - r) F_s0 + r F_s1`` with the
+    flows of :func:`flows_to_time` (``F_00 = 0``, ``F_01 = F01``, ``F_10 = F10``).
+    """
+    fs0, fs1 = flows_to_time(flow01, flow10, s)
+    return fs0 * (1.0 - r) + fs1 * r
+
+
+def blend_at_time(
+    frame0: torch.Tensor,
+    frame1: torch.Tensor,
+    flow01: torch.Tensor,
+    flow10: torch.Tensor,
+    t: float = 0.5,
+) -> torch.Tensor:
+    """The frame at time ``t`` between ``frame0`` and ``frame1`` (N, C, H, W), along the flows.
+
+    Both frames are backward-warped to ``t`` (:func:`flows_to_time`) and
+    blended, weighted ``1 - t`` and ``t``. Occlusion-aware: where the sample
+    taken from frame 0 is occluded in frame 1 (forward-backward check), the
+    sample from frame 1 is wrong and gets no weight, and vice versa; where both
+    or neither are, the weights are ``1 - t`` and ``t``. The flows are at the
+    frames' resolution.
+    """
+    ft0, ft1 = flows_to_time(flow01, flow10, t)
+    o0 = warp(occlusion(flow01, flow10), ft0)  # is the sample taken from frame 0 occluded in 1?
+    o1 = warp(occlusion(flow10, flow01), ft1)
+    w0 = (1.0 - t) * (1.0 - o1 * (1.0 - o0))
+    w1 = t * (1.0 - o0 * (1.0 - o1))
+    total = w0 + w1  # >= min(t, 1 - t) everywhere: the weights never both vanish
+    out = warp(frame0, ft0) * w0 + warp(frame1, ft1) * w1
+    return out / total
+
+
+def resize_flow(flow: torch.Tensor, factor: int) -> torch.Tensor:
+    """A flow field at ``factor`` times (> 0) or ``1/-factor`` times (< 0) its resolution.
+
+    Enlarging is bilinear (align_corners=False) and multiplies the vectors by
+    ``factor``; shrinking by ``-factor`` averages ``-factor`` x ``-factor`` blocks
+    (H and W must divide) and divides them by it.
+    """
+    if factor > 0:
+        up = F.interpolate(flow, scale_factor=factor, mode="bilinear", align_corners=False)
+        return up.mul_(factor)
+    return F.avg_pool2d(flow, -factor).div_(-factor)
