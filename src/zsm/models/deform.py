@@ -17,9 +17,11 @@ from torch import nn
 from zsm.ops.dcn import modulated_deform_conv2d
 
 
-def flow_offsets(flow: torch.Tensor, points: int) -> torch.Tensor:
-    """A flow (N, 2, H, W) as (dx, dy) -> offsets (N, 2 * points, H, W): (dy, dx) repeated."""
-    return flow.float().flip(1).repeat(1, points, 1, 1)
+def add_flow_offsets(residual: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Offsets (N, 2P, H, W) + a flow (N, 2, H, W) as (dx, dy), added to every (dy, dx) pair."""
+    n, c, h, w = residual.shape
+    pairs = residual.unflatten(1, (c // 2, 2)) + flow.float().flip(1)[:, None]
+    return pairs.flatten(1, 2)
 
 
 class OffsetMaskConv2d(nn.Conv2d):
@@ -122,9 +124,7 @@ class ModulatedDeformConv2d(nn.Module):
         if base is not None:
             if self.max_residual is None:
                 raise ValueError("a base flow needs a flow-guided layer (max_residual)")
-            offset = flow_offsets(base, offset.shape[1] // 2) + self.max_residual * torch.tanh(
-                offset
-            )
+            offset = add_flow_offsets(torch.tanh(offset).mul(self.max_residual), base)
         return modulated_deform_conv2d(
             x, offset, mask, self.weight, self.bias, padding=self.padding
         )
