@@ -19,7 +19,7 @@ from zsm.ops.dcn import modulated_deform_conv2d
 
 def add_flow_offsets(residual: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Offsets (N, 2P, H, W) + a flow (N, 2, H, W) as (dx, dy), added to every (dy, dx) pair."""
-    n, c, h, w = residual.shape
+    c = residual.shape[1]
     pairs = residual.unflatten(1, (c // 2, 2)) + flow.float().flip(1)[:, None]
     return pairs.flatten(1, 2)
 
