@@ -130,9 +130,7 @@ def test_a_killed_worker_is_retried(ray_cluster, tmp_path, clip, video_tiny_mode
     src, reference = clip
     flag = tmp_path / "killed"
     model = Wrapped(video_tiny_model, kill_flag=flag)
-    r = upscale_video(
-        src, f"{tmp_path}/ray/", model=model, ray="auto", ray_segments=4, **SETTINGS
-    )
+    r = upscale_video(src, f"{tmp_path}/ray/", model=model, ray="auto", ray_segments=4, **SETTINGS)
     assert flag.exists()  # a worker did die
     assert r.cluster is not None and r.cluster.retried_segments == 1
     assert _same(_frames(tmp_path / "ray"), reference)
@@ -199,7 +197,7 @@ ERRORS = {
     "ray missing": (lambda m: m.setitem(sys.modules, "ray", None), [], "pip install 'zsm[ray]'"),
     "work folder not shared": (_not_shared, [], "cannot see the work folder"),
     "too many cpus": (None, ["--ray-cpus-per-task", "64"], "no node of the Ray cluster has"),
-    "bad address": (None, ["--ray", "ray://127.0.0.1:1"], "cannot connect to the Ray cluster"),
+    "bad address": (None, ["--ray", "127.0.0.1:1"], "cannot connect to the Ray cluster at 127"),
 }
 
 

@@ -10,18 +10,13 @@ Key = tuple[int, int]  # (job, segment index)
 
 
 class ProgressBoard:
-    """Output frames of each running segment attempt, and attempts per segment."""
+    """Output frames made so far by the latest attempt of each segment."""
 
     def __init__(self) -> None:
         self.frames: dict[Key, int] = {}
-        self.attempts: dict[Key, int] = {}
-
-    def start(self, key: Key) -> None:
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        self.frames[key] = 0  # a retry starts its segment over
 
     def report(self, key: Key, frames: int) -> None:
-        self.frames[key] = frames
+        self.frames[key] = frames  # a retry reports 0 first: it starts its segment over
 
-    def snapshot(self) -> tuple[dict[Key, int], dict[Key, int]]:
-        return dict(self.frames), dict(self.attempts)
+    def snapshot(self) -> dict[Key, int]:
+        return dict(self.frames)

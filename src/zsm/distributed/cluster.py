@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ def connect(address: str) -> Iterator[ModuleType]:
     kwargs: dict[str, Any] = dict(
         include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True
     )
+    _check_reachable(address if address != "auto" else os.environ.get("RAY_ADDRESS", ""))
     try:
         if address == "auto":
             try:
@@ -71,6 +73,18 @@ def connect(address: str) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error now for a ``host:port`` nobody listens on (Ray would retry for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", a name Ray resolves itself, ...
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ZSMError(f"cannot connect to the Ray cluster at {address}: {why}") from None
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,6 @@ class _Run:
         self.resumed_segments = 0
         self.board: Any = None
         self.bar: ProgressReporter | None = None
-        self.attempts: dict[tuple[int, int], int] = {}  # from the board: attempts per segment
         self.running: dict[tuple[int, int], int] = {}  # from the board: frames per segment
         self.snapshot: Any = None  # the board's answer on its way
 
@@ -311,16 +310,14 @@ class _Run:
                 if job.complete:
                     self._assemble(job)
             self._update_progress()
-        if self.board is not None:
-            self._update_progress(wait=5.0)  # the last attempt counts, for the summary
 
-    def _update_progress(self, *, wait: float = 0.0) -> None:
-        """Ask the board (without waiting for it, unless ``wait``) and move the bar."""
+    def _update_progress(self) -> None:
+        """Ask the board (without waiting for its answer) and move the bar."""
         ray = self.ray
         if self.snapshot is None:
             self.snapshot = self.board.snapshot.remote()
-        if ray.wait([self.snapshot], timeout=wait)[0]:
-            self.running, self.attempts = ray.get(self.snapshot)
+        if ray.wait([self.snapshot], timeout=0)[0]:
+            self.running = ray.get(self.snapshot)
             self.snapshot = None
         running = {(job.number, seg.index) for job, seg in self.pending.values()}
         done = sum(j.resumed for j in self.jobs if not j.failed)
@@ -331,7 +328,7 @@ class _Run:
             self.bar.update(done - self.bar.done)
 
     def retried(self) -> int:
-        return sum(1 for n in self.attempts.values() if n > 1)
+        return sum(1 for r in self.results if r.attempt > 0)
 
     def _fail(self, job: _Job, exc: ZSMError) -> None:
         """A user error in one job: raised, or (in a batch) recorded while the others go on."""

@@ -78,6 +78,7 @@ class SegmentResult:
     node: str  # id of the Ray node that made it
     started: float  # wall clock (time.time()) at the start and end of the work
     finished: float
+    attempt: int = 0  # 1 or more: a retry (an earlier attempt's worker died)
 
 
 def run_segment(
@@ -88,6 +89,7 @@ def run_segment(
     device: str | None = None,
     report: Callable[[int], None] | None = None,
     node: str = "local",
+    attempt: int = 0,
 ) -> SegmentResult:
     """Make segment ``spec`` into ``spec.work``; ``report(frames)`` after every window."""
     started = time.time()
@@ -160,6 +162,7 @@ def run_segment(
         node=node,
         started=started,
         finished=time.time(),
+        attempt=attempt,
     )
 
 
@@ -169,7 +172,6 @@ def remote_segment(
     """The Ray task: :func:`run_segment` reporting to ``board`` (a ``ProgressBoard`` actor)."""
     import ray
 
-    board.start.remote(spec.key)
     return run_segment(
         spec,
         model,
@@ -177,4 +179,13 @@ def remote_segment(
         device=device,
         report=lambda frames: board.report.remote(spec.key, frames),
         node=ray.get_runtime_context().get_node_id(),
+        attempt=_attempt(ray),
     )
+
+
+def _attempt(ray: Any) -> int:
+    """This task's attempt number (0: the first); Ray has no public API for it yet."""
+    try:
+        return int(ray._private.worker.global_worker.core_worker.get_current_task_attempt_number())
+    except Exception:
+        return 0
