@@ -92,9 +92,14 @@ class TaskShape:
     """What one segment task asks the cluster for, and how many run at once."""
 
     resources: dict[str, float]  # num_cpus / num_gpus for ``.options``
-    slots: int  # tasks the cluster can run at once
+    per_node: dict[str, int]  # node id -> tasks it can run at once
     device: str  # the device a task uses ("auto" resolves on the worker)
     threads: int | None  # torch threads in a CPU task
+
+    @property
+    def slots(self) -> int:
+        """Tasks the cluster can run at once."""
+        return sum(self.per_node.values())
 
     def fits(self, node_resources: dict[str, float]) -> bool:
         """Whether a node with ``node_resources`` can run a task of this shape."""
@@ -114,8 +119,8 @@ def task_shape(ray: ModuleType, device: str, cpus_per_task: float | None) -> Tas
     if kind == "cuda" and not gpus:
         raise ZSMError(f"--device {device}: the Ray cluster has no GPUs; use --device cpu")
     if kind in ("auto", "cuda") and gpus >= 1:
-        per_node = [int(n["Resources"].get("GPU", 0)) for n in nodes]
-        return TaskShape({"num_gpus": 1, "num_cpus": 1}, sum(per_node), "cuda", None)
+        per_node = {n["NodeID"]: int(n["Resources"].get("GPU", 0)) for n in nodes}
+        return TaskShape({"num_gpus": 1, "num_cpus": 1}, per_node, "cuda", None)
     cpus = cpus_per_task or 1.0
     largest = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
     if cpus > largest:
@@ -123,9 +128,9 @@ def task_shape(ray: ModuleType, device: str, cpus_per_task: float | None) -> Tas
             f"--ray-cpus-per-task {cpus:g}: no node of the Ray cluster has that many CPUs "
             f"(the largest has {largest:g})"
         )
-    slots = sum(int(n["Resources"].get("CPU", 0) // cpus) for n in nodes)
+    per_node = {n["NodeID"]: int(n["Resources"].get("CPU", 0) // cpus) for n in nodes}
     device = "cpu" if kind == "auto" else device
-    return TaskShape({"num_cpus": cpus}, slots, device, max(1, int(cpus)))
+    return TaskShape({"num_cpus": cpus}, per_node, device, max(1, int(cpus)))
 
 
 def node_names(ray: ModuleType) -> dict[str, str]:

@@ -103,6 +103,13 @@ def upscale_on_cluster(
     started = time.monotonic()
     assert options.ray is not None
     plan = WindowPlan.fitted(options.window, options.window_overlap)
+    if options.window_overlap is not None and plan.overlap < options.window_overlap:
+        log.warning(
+            "zsm: a window of %d frames allows an overlap of at most %d; using %d",
+            options.window,
+            plan.overlap,
+            plan.overlap,
+        )
     weights_path = resolve_weights(options.weights_name) if model is None else None
     result = BatchResult()
     jobs: list[_Job] = []
@@ -273,8 +280,9 @@ class _Run:
                 spec = SegmentSpec(
                     job.number, seg, job.info, self.options, job.work.path, job.frames, job.settings
                 )
+                shape = self.shape
                 ref = task.remote(
-                    spec, model_ref, self.board, self.shape.threads, self.shape.device
+                    spec, model_ref, self.board, shape.threads, shape.device, shape.per_node
                 )
                 self.pending[ref] = (job, seg)
 

@@ -14,6 +14,7 @@ their frames to the driver's progress bar.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -87,11 +88,17 @@ def run_segment(
     *,
     threads: int | None = None,
     device: str | None = None,
+    memory_share: int = 1,
     report: Callable[[int], None] | None = None,
     node: str = "local",
     attempt: int = 0,
 ) -> SegmentResult:
-    """Make segment ``spec`` into ``spec.work``; ``report(frames)`` after every window."""
+    """Make segment ``spec`` into ``spec.work``; ``report(frames)`` after every window.
+
+    ``threads``: torch and encoder threads unless the options name them;
+    ``memory_share``: tasks sharing this machine's RAM (the automatic tile size
+    takes its part of the CPU budget).
+    """
     started = time.time()
     options = spec.options
     plan = WindowPlan.fitted(options.window, options.window_overlap)
@@ -105,11 +112,15 @@ def run_segment(
     writer: VideoWriter | None = None
     next_frame = first = seg.first_output(plan, options.time_factor)
     end_window, n_in = seg.first_window, 0
-    with torch_threads(options.threads or threads):
+    threads = options.threads or threads
+    with torch_threads(threads):
         pipe = build_pipeline(options.replace(device=device or options.device), model=model)
+        if pipe.device.type == "cpu" and pipe.memory_budget is not None:
+            pipe.memory_budget //= max(1, memory_share)
         try:
             if spec.encode is not None:
-                writer = VideoWriter(part, spec.encode, fmt=segment_format(spec.encode.codec))
+                encode = dataclasses.replace(spec.encode, threads=spec.encode.threads or threads)
+                writer = VideoWriter(part, encode, fmt=segment_format(encode.codec))
             else:
                 part.mkdir()
             if report is not None:
@@ -167,18 +178,26 @@ def run_segment(
 
 
 def remote_segment(
-    spec: SegmentSpec, model: Any, board: Any, threads: int | None, device: str
+    spec: SegmentSpec,
+    model: Any,
+    board: Any,
+    threads: int | None,
+    device: str,
+    per_node: dict[str, int],
 ) -> SegmentResult:
-    """The Ray task: :func:`run_segment` reporting to ``board`` (a ``ProgressBoard`` actor)."""
+    """The Ray task: :func:`run_segment` reporting to ``board`` (a ``ProgressBoard`` actor);
+    ``per_node``: node id -> tasks that run on it at once."""
     import ray
 
+    node = ray.get_runtime_context().get_node_id()
     return run_segment(
         spec,
         model,
         threads=threads,
         device=device,
+        memory_share=per_node.get(node, 1),
         report=lambda frames: board.report.remote(spec.key, frames),
-        node=ray.get_runtime_context().get_node_id(),
+        node=node,
         attempt=_attempt(ray),
     )
 
