@@ -180,7 +180,8 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="run the segments as tasks of a Ray cluster: ADDRESS (host:port, ray://...) or "
         "auto (default): the cluster RAY_ADDRESS names, else a running one, else a local one. "
-        "OUTPUT (and INPUT) must be on storage every node sees",
+        "OUTPUT (and INPUT) must be on storage every node sees; give it after INPUT, or as "
+        "--ray=ADDRESS",
     )
     g.add_argument(
         "--ray-cpus-per-task",
