@@ -32,10 +32,12 @@ SETTINGS = dict(device="cpu", window=8, progress=False)  # 12 windows of 8 frame
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local cluster of 2 CPUs on 127.0.0.1 for this module (its workers run this checkout)."""
+    """A local cluster of 2 CPUs, no GPU, on 127.0.0.1 for this module (its workers run this
+    checkout: they inherit PYTHONPATH)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Wrapped, below
     ray.init(
         num_cpus=2,
+        num_gpus=0,
         include_dashboard=False,
         object_store_memory=80 * 1024 * 1024,
         logging_level="WARNING",
@@ -197,6 +199,7 @@ ERRORS = {
     "ray missing": (lambda m: m.setitem(sys.modules, "ray", None), [], "pip install 'zsm[ray]'"),
     "work folder not shared": (_not_shared, [], "cannot see the work folder"),
     "too many cpus": (None, ["--ray-cpus-per-task", "64"], "no node of the Ray cluster has"),
+    "cuda without gpus": (None, ["--device", "cuda"], "the Ray cluster has no GPUs"),
     "bad address": (None, ["--ray", "127.0.0.1:1"], "cannot connect to the Ray cluster at 127"),
 }
 
