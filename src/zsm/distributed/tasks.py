@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from zsm.atomic import describe_os_error
 from zsm.device import torch_threads
 from zsm.distributed.segments import Segment
-from zsm.errors import InputError
+from zsm.errors import InputError, OutputError
 from zsm.options import UpscaleOptions
 from zsm.upscale import ModelLike, build_pipeline
 from zsm.video.encode import EncodeSettings, VideoWriter, segment_format
@@ -153,6 +154,8 @@ def run_segment(
                 shutil.rmtree(part)
             else:
                 os.replace(part, final)
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, final)) from exc
         finally:
             if writer is not None:
                 writer.abort()
