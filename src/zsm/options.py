@@ -51,6 +51,13 @@ class UpscaleOptions:
         max_frames: only the first N input frames (``None``: all).
         segment_seconds: close a finished segment of the work folder this often (what
             ``resume`` keeps after an interruption).
+        ray: run on a Ray cluster: its address, or ``auto`` (the cluster ``RAY_ADDRESS``
+            names, else a running one, else a new local one); ``None``: in this process
+            (see :mod:`zsm.distributed`).
+        ray_cpus_per_task: CPUs each segment task asks for where the cluster has no GPUs
+            (``None``: 1); with GPUs each task asks for one GPU.
+        ray_segments: time segments per video (``None``: twice the tasks the cluster runs
+            at once, shared among the videos of a folder).
     """
 
     weights: str | None = None
@@ -68,6 +75,9 @@ class UpscaleOptions:
     fps: Fraction | None = None
     max_frames: int | None = None
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    ray: str | None = None
+    ray_cpus_per_task: float | None = None
+    ray_segments: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, Path):
@@ -86,6 +96,11 @@ class UpscaleOptions:
         _one_of("precision", self.precision, PRECISIONS)
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
+        _at_least("ray_segments", self.ray_segments, 1)
+        if self.ray_cpus_per_task is not None and self.ray_cpus_per_task <= 0:
+            raise ValueError(f"ray_cpus_per_task must be > 0, got {self.ray_cpus_per_task}")
+        if self.ray is not None and not self.ray.strip():
+            raise ValueError("ray must be a cluster address or 'auto', got an empty string")
         if self.segment_seconds < 0:  # 0: a segment per window
             raise ValueError(f"segment_seconds must be >= 0, got {self.segment_seconds}")
 

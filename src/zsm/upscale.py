@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from zsm.video.progress import ProgressCallback
 from zsm.video.resume import WorkDir
 from zsm.video.windows import TooFewFrames, WindowPlan
 
+if TYPE_CHECKING:
+    from zsm.distributed.report import ClusterReport
+
 log = logging.getLogger("zsm")
 
 ModelLike = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -62,6 +65,7 @@ class UpscaleResult:
     height: int
     seconds: float  # wall time of this call
     resumed_frames: int = 0  # output frames taken over from an interrupted run
+    cluster: ClusterReport | None = None  # with ``ray``: segments, nodes, speed per node
 
 
 @dataclass
@@ -71,6 +75,7 @@ class BatchResult:
     done: list[UpscaleResult] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # output already there
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    cluster: ClusterReport | None = None  # with ``ray``: segments, nodes, speed per node
 
 
 # --- frames -----------------------------------------------------------------------------
@@ -137,6 +142,8 @@ def upscale_frames(
     process's thread count while its caller runs.
     """
     options = UpscaleOptions.of(options, **changes)
+    if options.ray is not None:
+        raise ValueError("ray= runs upscale_video and upscale_batch; upscale_frames runs here")
     pipe = build_pipeline(options, model=model, cancel=cancel)
     frames = _checked(frames)
     if options.max_frames is not None:
@@ -201,25 +208,31 @@ def upscale_video(
     written; setting ``cancel`` stops the run before its next window or tile
     with :class:`~zsm.errors.Cancelled`, leaving neither output nor work
     folder. ``options`` and the keyword ``changes`` (``window=8``): see
-    :class:`~zsm.options.UpscaleOptions`.
+    :class:`~zsm.options.UpscaleOptions`; with ``ray`` set, the video is cut
+    into segments that run as tasks of a Ray cluster (:mod:`zsm.distributed`).
     """
     started = time.monotonic()
     options = UpscaleOptions.of(options, **changes)
+    if options.ray is not None:
+        from zsm.distributed.driver import upscale_on_cluster
+
+        how = dict(resume=resume, progress=progress, on_progress=on_progress, cancel=cancel)
+        return upscale_on_cluster([(Path(src), dst)], options, model=model, **how).done[0]
     src, folder_out = Path(src), is_folder_output(dst)
     dst = Path(os.path.abspath(dst))
-    info = _probe_input(src, options.fps)
+    info = probe_input(src, options.fps)
     if info.frame_count_exact and info.frame_count is not None and info.frame_count < 2:
         raise InputError(f"{src} has only {info.frame_count} frame; need at least 2")
     fmt = codec_name = None
     if not folder_out:
         fmt = container_format(dst)
         codec_name = choose_codec(fmt, options.codec)
-    _check_output(src, dst, folder_out)
+    check_output(src, dst, folder_out)
     weights_path = resolve_weights(options.weights_name) if model is None else None
     dev = resolve_device(options.device)
     plan = WindowPlan.fitted(options.window, options.window_overlap)
     output_kind = "png" if folder_out else f"{codec_name} crf {options.crf}"
-    key = _run_key(info, options, weights_path, model, plan, output_kind)
+    key = run_key(info, options, weights_path, model, plan, output_kind)
     work = WorkDir.open(dst, key, resume=resume)
     try:
         with torch_threads(options.threads):
@@ -279,7 +292,7 @@ def upscale_video(
     )
 
 
-def _probe_input(src: Path, fps: Fraction | None) -> VideoInfo:
+def probe_input(src: Path, fps: Fraction | None) -> VideoInfo:
     if src.is_dir() and not list_images(src) and list_videos(src):
         raise InputError(
             f"{src} is a folder of videos, not of frames; "
@@ -288,7 +301,7 @@ def _probe_input(src: Path, fps: Fraction | None) -> VideoInfo:
     return probe(src, fps=fps)
 
 
-def _check_output(src: Path, dst: Path, folder_out: bool) -> None:
+def check_output(src: Path, dst: Path, folder_out: bool) -> None:
     if src.exists() and dst.exists() and dst.resolve() == src.resolve():
         raise OutputError(f"output {dst} is the input; choose another name")
     if not dst.parent.is_dir():
@@ -304,7 +317,7 @@ def _check_output(src: Path, dst: Path, folder_out: bool) -> None:
             )
 
 
-def _run_key(
+def run_key(
     info: VideoInfo,
     options: UpscaleOptions,
     weights_path: Path | None,
@@ -371,15 +384,22 @@ def upscale_batch(
         dst_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(describe_os_error(exc, dst_dir)) from exc
+    if options.ray is not None:
+        from zsm.distributed.driver import upscale_on_cluster
+
+        how = dict(resume=resume, progress=progress, on_progress=on_progress, cancel=cancel)
+        pairs = batch_outputs(videos, dst_dir, ext)
+        skipped = [v for v, out in pairs if out.exists()]
+        todo = [(v, out) for v, out in pairs if v not in skipped]
+        result = upscale_on_cluster(todo, options, model=model, batch=True, **how)
+        result.skipped = skipped
+        return result
     dev = resolve_device(options.device)
     options = options.replace(device=str(dev))
     if model is None:
         model = load_model(options.weights_name, device=dev)
-    stems = [v.stem for v in videos]
     result = BatchResult()
-    for video in videos:
-        name = video.stem if stems.count(video.stem) == 1 else video.name
-        out = dst_dir / f"{name}{ext}"
+    for video, out in batch_outputs(videos, dst_dir, ext):
         if out.exists():
             result.skipped.append(video)
             continue
@@ -402,6 +422,12 @@ def upscale_batch(
             log.warning("zsm: %s failed: %s", video.name, exc)
             result.failed.append((video, str(exc)))
     return result
+
+
+def batch_outputs(videos: list[Path], dst_dir: Path, ext: str) -> list[tuple[Path, Path]]:
+    """Each input video with its output path: ``<stem><ext>``, ``<name><ext>`` if stems clash."""
+    stems = [v.stem for v in videos]
+    return [(v, dst_dir / f"{v.stem if stems.count(v.stem) == 1 else v.name}{ext}") for v in videos]
 
 
 __all__ = [

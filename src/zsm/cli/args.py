@@ -1,4 +1,4 @@
-"""Argument types shared by the subcommands: bounded integers and frame rates."""
+"""Argument types shared by the subcommands: bounded numbers and frame rates."""
 
 from __future__ import annotations
 
@@ -27,5 +27,16 @@ def frame_rate(text: str) -> Fraction:
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a frame rate: {text!r}") from None
     if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number ``> 0``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value

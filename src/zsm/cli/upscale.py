@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsm.cli.args import frame_rate, int_at_least
+from zsm.cli.args import frame_rate, int_at_least, positive_float
 from zsm.device import DEVICES
 from zsm.options import (
     DEFAULT_FOLDER_FPS,
@@ -33,6 +33,9 @@ OPTION_ARGS = (
     "crf",
     "fps",
     "segment_seconds",
+    "ray",
+    "ray_cpus_per_task",
+    "ray_segments",
 )
 
 
@@ -163,7 +166,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ext", default=".mp4", help="output container for a folder of videos (default .mp4)"
     )
+    add_ray_options(p)
     p.set_defaults(func=run)
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--ray-cpus-per-task``, ``--ray-segments``."""
+    g = p.add_argument_group("on a Ray cluster (pip install 'zsm[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="run the segments as tasks of a Ray cluster: ADDRESS (host:port, ray://...) or "
+        "auto (default): the cluster RAY_ADDRESS names, else a running one, else a local one. "
+        "OUTPUT (and INPUT) must be on storage every node sees; give it after INPUT, or as "
+        "--ray=ADDRESS",
+    )
+    g.add_argument(
+        "--ray-cpus-per-task",
+        type=positive_float,
+        metavar="N",
+        help="CPUs each task asks for where the cluster has no GPUs (default 1; with GPUs "
+        "each task asks for one GPU)",
+    )
+    g.add_argument(
+        "--ray-segments",
+        type=int_at_least(1),
+        metavar="N",
+        help="time segments per video (default: twice the tasks the cluster runs at once, "
+        "shared among the videos of a folder; a resumed run keeps its own)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(result.done)} done, {len(result.skipped)} skipped (already done), "
                 f"{len(result.failed)} failed"
             )
+            if result.cluster is not None:
+                print("\n".join(result.cluster.lines()))
         if result.failed:
             causes = "; ".join(f"{p.name}: {msg}" for p, msg in result.failed)
             raise ZSMError(
@@ -197,4 +232,6 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {r.output} ({r.output_frames} frames, {r.width}x{r.height} at "
             f"{float(r.fps):.6g} fps, {r.seconds:.1f} s{extra})"
         )
+        if r.cluster is not None:
+            print("\n".join(r.cluster.lines()))
     return 0

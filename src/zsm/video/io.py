@@ -295,6 +295,21 @@ def iter_frames(info: VideoInfo, *, skip: int = 0) -> Iterator[np.ndarray | None
         yield from _iter_video(info, skip)
 
 
+def count_frames(info: VideoInfo) -> int:
+    """Frames of ``info``: exact for folders and containers that state it, otherwise
+    counted from the video packets (read, not decoded)."""
+    if info.is_folder:
+        return len(info.images)
+    if info.frame_count_exact and info.frame_count is not None:
+        return info.frame_count
+    with open_container(info.path) as container:
+        stream = container.streams.video[0]
+        try:
+            return sum(1 for pkt in container.demux(stream) if pkt.size)
+        except (av.FFmpegError, ValueError) as exc:
+            raise InputError(f"cannot read {info.path}: {_why(exc)}") from exc
+
+
 def _iter_video(info: VideoInfo, skip: int) -> Iterator[np.ndarray | None]:
     count = 0
     with open_container(info.path) as container:

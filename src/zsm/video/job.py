@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -162,26 +163,46 @@ class UpscaleJob:
 
     def _assemble(self, n_in: int) -> None:
         assert self.fmt is not None
-        info = self.info
         segments = [
             SegmentFile(self.work.path / s.file, s.first_frame, s.frames)
             for s in self.work.segments
             if s.file
         ]
-        truncated = self.max_frames is not None and (
-            info.frame_count is None or n_in < info.frame_count
+        assemble_video(
+            self.info,
+            self.dst,
+            segments,
+            fmt=self.fmt,
+            fps=self.settings.fps,
+            n_in=n_in,
+            max_frames=self.max_frames,
         )
-        end = info.start_time + float(n_in / info.fps) if truncated else None
-        with atomic_path(self.dst) as tmp:
-            join(
-                segments,
-                tmp,
-                fmt=self.fmt,
-                fps=self.settings.fps,
-                source=None if info.is_folder else info.path,
-                video_start=info.start_time,
-                end_time=end,
-            )
+
+
+def assemble_video(
+    info: VideoInfo,
+    dst: Path,
+    segments: list[SegmentFile],
+    *,
+    fmt: str,
+    fps: Fraction,
+    n_in: int,
+    max_frames: int | None,
+) -> None:
+    """Join the encoded ``segments`` (in time order) with ``info``'s audio and subtitles
+    into ``dst``, atomically; audio is cut to the ``n_in`` input frames of a preview."""
+    truncated = max_frames is not None and (info.frame_count is None or n_in < info.frame_count)
+    end = info.start_time + float(n_in / info.fps) if truncated else None
+    with atomic_path(dst) as tmp:
+        join(
+            segments,
+            tmp,
+            fmt=fmt,
+            fps=fps,
+            source=None if info.is_folder else info.path,
+            video_start=info.start_time,
+            end_time=end,
+        )
 
 
 def install_folder(frames_dir: Path, dst: Path) -> None:

@@ -54,6 +54,7 @@ class WorkDir:
         self.path = path
         self.key = key
         self.segments: list[SegmentRecord] = []
+        self.meta: dict[str, Any] = {}  # a runner's own state (the Ray runner's segment plan)
 
     @classmethod
     def open(cls, output: Path, key: dict[str, Any], *, resume: bool) -> WorkDir:
@@ -96,13 +97,17 @@ class WorkDir:
                 "to start over"
             )
         self.segments = [SegmentRecord(**s) for s in data.get("segments", [])]
+        self.meta = data.get("meta", {})
         keep = {MANIFEST} | {s.file for s in self.segments if s.file}
         for p in self.path.iterdir():
             if p.is_file() and p.name not in keep:
                 p.unlink()  # a segment cut short by the interruption
 
     def _save(self) -> None:
-        data = {"version": VERSION, "key": self.key, "segments": [asdict(s) for s in self.segments]}
+        data: dict[str, Any] = {"version": VERSION, "key": self.key}
+        data["segments"] = [asdict(s) for s in self.segments]
+        if self.meta:
+            data["meta"] = self.meta
         tmp = self.path / f".{MANIFEST}.tmp"
         try:
             tmp.write_text(json.dumps(data, indent=1))
@@ -112,6 +117,11 @@ class WorkDir:
 
     def add(self, record: SegmentRecord) -> None:
         self.segments.append(record)
+        self._save()
+
+    def set_meta(self, **values: Any) -> None:
+        """Record ``values`` in the manifest's ``meta`` (kept by ``resume``)."""
+        self.meta.update(values)
         self._save()
 
     @property
