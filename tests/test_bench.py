@@ -62,6 +62,14 @@ def test_run_benchmark_tiny_network() -> None:
     assert r["stage_timing"] == "module_hooks" and "top-level modules" in text
 
 
+def test_run_benchmark_flow_guided_network_times_its_flow_apart() -> None:
+    tiny = {**TINY, "global_skip": True, "flow_guided": True}
+    r = run_benchmark(preset="compact-flow", size=(20, 12), frames=2, repeats=1, overrides=tiny)
+    assert_positive_report(r)
+    assert r["config"]["flow_guided"] and r["flow_ms"] > 0
+    assert "DIS optical flow" in format_report(r)
+
+
 def test_dcn_alone_in_the_networks_cpu_layout() -> None:
     """``channels_last``: NHWC input and offsets/mask slices of one NHWC tensor, as in inference."""
     from zsm.bench import bench_dcn

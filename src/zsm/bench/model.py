@@ -20,6 +20,7 @@ from zsm.device import precision
 from zsm.engine import prepare, rewrites_for
 from zsm.models.config import MULTIPLE, ZSMConfig
 from zsm.models.zsm import ZoomingSlowMo
+from zsm.ops.flow import frame_flows
 
 # The dense reference conv is timed in both memory layouts; the faster one counts.
 DENSE_LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
@@ -65,7 +66,8 @@ def bench_model(
     width, height = size
     reference = ZoomingSlowMo(config).to(device).eval()
     probe_frames = torch.rand(1, 2, 3, 32, 32, device=device)
-    realistic_offsets(reference, lambda: reference(probe_frames))
+    probe_args = _with_flow(config, probe_frames)
+    realistic_offsets(reference, lambda: reference(*probe_args))
     names = tuple(
         r.name for r in rewrites_for(device) if channels_last or r.name != "channels-last-weights"
     )
@@ -73,6 +75,8 @@ def bench_model(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     x = torch.rand(1, frames, 3, height, width, device=device)
+    flow_s = timed(lambda: frame_flows(x), device) if config.flow_guided else None
+    args = _with_flow(config, x)  # a flow-guided network's flow is computed once, timed apart
     out_frames = 2 * frames - 1
     hp, wp = -(-height // MULTIPLE) * MULTIPLE, -(-width // MULTIPLE) * MULTIPLE
     # The reference: a dense 3x3 conv nf -> nf at the (padded) input size, batch = frames,
@@ -90,10 +94,10 @@ def bench_model(
     with precision(device, dtype), stage_hooks(reference, counter.enter, counter.leave):
         # On the reference: the FLOPs of whole frames (the banded HR tail calls its convs
         # directly, past the hooks, and recomputes halo rows: not counted as work).
-        reference(x)
+        reference(*args)
     counter.remove()
     with precision(device, dtype):  # warm-up
-        model(x)
+        model(*args)
         for ref in refs.values():
             ref()
 
@@ -104,9 +108,9 @@ def bench_model(
     with precision(device, dtype):
         for _ in range(max(1, repeats)):
             with stage_hooks(model, timer.enter, timer.leave):
-                hooked_times.append(timed(lambda: model(x), device))
+                hooked_times.append(timed(lambda: model(*args), device))
             timer.end_run()
-            whole_times.append(timed(lambda: model(x), device))
+            whole_times.append(timed(lambda: model(*args), device))
             for name, ref in refs.items():
                 dense_times[name] += best_of(ref, device, 3, 1.0)
     if device.type == "cuda":
@@ -142,7 +146,14 @@ def bench_model(
         "output_fps": out_frames / min(whole_times),
         "peak_memory_mb": peak_mb,
         "peak_memory_kind": peak_kind,
+        # the DIS optical flow of the frames (CPU), for flow-guided networks
+        "flow_ms": None if flow_s is None else flow_s * 1e3,
     }
+
+
+def _with_flow(config: ZSMConfig, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The network's arguments for frames ``x``: with their flow if it is flow-guided."""
+    return (x, frame_flows(x)) if config.flow_guided else (x,)
 
 
 def _stage_result(

@@ -49,6 +49,12 @@ def format_report(r: dict[str, Any]) -> str:
         f"whole forward, no sync between stages: {r['whole_ms']:.1f} ms for "
         f"{r['output_frames']} output frames = {r['output_fps']:.1f} output frames/s"
     )
+    if r.get("flow_ms") is not None:
+        share = 100 * r["flow_ms"] / r["whole_ms"]
+        lines.append(
+            f"DIS optical flow of the input frames (flow-guided; not in the times above): "
+            f"{r['flow_ms']:.1f} ms = {share:.1f}% of the whole forward"
+        )
     mem = r["peak_memory_mb"]
     kind = "peak RSS" if r["peak_memory_kind"] == "rss" else "peak CUDA memory allocated"
     lines.append(f"{kind}: {mem:.0f} MB" if mem is not None else f"{kind}: unknown")
