@@ -3,7 +3,7 @@
 - :mod:`~zsm.evaluation.data`: where the HR clips are found and how they are read,
 - :mod:`~zsm.evaluation.prepare`: a clip's first pass (the LR input, the targets kept),
 - :mod:`~zsm.evaluation.metrics`: PSNR/SSIM on Y as the literature computes them, LPIPS,
-- :mod:`~zsm.evaluation.baselines`: bicubic repeat / blend / optical-flow midpoints,
+- :mod:`~zsm.evaluation.baselines`: bicubic repeat / blend / optical flow, at any time step,
 - :mod:`~zsm.evaluation.run`: the scoring loop over clips and methods,
 - :mod:`~zsm.evaluation.crops`: the frames where the model gains most and least,
 - :mod:`~zsm.evaluation.results`: options and results (what the report reads),
