@@ -150,3 +150,48 @@ def video_make_clip(tmp_path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+def video_broken_clip(tmp_path) -> Callable[..., Path]:
+    """Factory writing a real clip whose frame timestamps are broken; returns its path.
+
+    ``make(kind, frames=12, fps=25)``, ``kind`` one of
+    - ``"zero.mp4"``: H.264 in MP4, every packet's pts and dts 0 (FFmpeg reads the average
+      rate as frames / one frame's duration: 300 fps for 12 frames at 25),
+    - ``"pairs.mkv"``: MPEG-4 in Matroska, pts 0, 0, 1, 1, 2, 2, ... (not increasing),
+    - ``"raw.h264"``: an H.264 Annex-B stream, which carries no timestamps at all.
+    The codec's own header states ``fps`` in every case.
+    """
+    import av
+
+    def make(kind: str, *, frames: int = 12, fps: int | Fraction = 25) -> Path:
+        path = tmp_path / kind
+        rate = Fraction(fps)
+        codec = "mpeg4" if kind.endswith(".mkv") else "libx264"
+        fmt = "h264" if kind.endswith(".h264") else None
+        with av.open(str(path), "w", format=fmt) as c:
+            # No B-frames: a decoder then outputs the frames in the order they were stored.
+            options = {"bframes": "0"} if codec == "libx264" else {}
+            v = c.add_stream(codec, rate=rate, options=options)
+            v.width, v.height, v.pix_fmt = 32, 16, "yuv420p"
+            packets = 0
+
+            def stamp(packets_out: list) -> list:
+                nonlocal packets
+                for p in packets_out:
+                    if kind.startswith("zero"):
+                        p.pts = p.dts = 0
+                    elif kind.startswith("pairs"):
+                        p.pts = p.dts = packets // 2
+                    packets += 1
+                return packets_out
+
+            for i in range(frames):
+                f = av.VideoFrame.from_ndarray(video_pattern(i, 32, 16), format="rgb24")
+                f.pts, f.time_base = i, 1 / rate
+                c.mux(stamp(v.encode(f)))
+            c.mux(stamp(v.encode(None)))
+        return path
+
+    return make

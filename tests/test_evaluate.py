@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 import zsm
+import zsm.evaluation.model
 import zsm.evaluation.prepare
+import zsm.options
 from zsm.cli import main
 from zsm.data.degrade import make_lr_clip
 from zsm.evaluation import (
@@ -31,6 +33,7 @@ from zsm.evaluation import (
     ssim_y,
     write_report,
 )
+from zsm.models.descriptor import ModelDescriptor
 
 T, H, W = 5, 48, 64
 
@@ -283,3 +286,130 @@ def test_cli_errors_are_one_line(vid4_like: Path, tmp_path: Path, capsys) -> Non
     missing = str(tmp_path / "missing.safetensors")
     assert main(["evaluate", str(vid4_like), "--weights", missing]) == 2
     assert "--baselines-only" in capsys.readouterr().err
+
+
+# --- --time-factor N ----------------------------------------------------------------------------
+
+QUARTERS = ["t=1/4", "t=1/2", "t=3/4"]
+
+
+@pytest.fixture
+def nine_frames(tmp_path: Path) -> Path:
+    """One clip of 9 HR frames: at time factor 4, inputs 0, 4 and 8."""
+    folder = tmp_path / "nine"
+    write_frames(folder, moving_clip(9, seed=3))
+    return folder
+
+
+def test_prepare_clip_keeps_every_nth_frame() -> None:
+    hr = moving_clip(11)
+    prep = prepare_clip(iter(hr), time_factor=4)
+    assert prep.count == 9 and len(prep.lr) == 3
+    np.testing.assert_array_equal(prep.lr, make_lr_clip(hr[[0, 1, 4, 5, 8]])[0])
+    assert prep.notes == [
+        "dropped the last 2 of 11 frames (no input follows them to interpolate from)"
+    ]
+    with pytest.raises(zsm.InputError, match="at least 5 frames"):
+        prepare_clip(iter(moving_clip(4)), time_factor=4)
+    with pytest.raises(ValueError, match="integer >= 2"):
+        EvalOptions(time_factor=1)
+    with pytest.raises(ValueError, match="max_frames must be >= 5"):
+        EvalOptions(time_factor=4, max_frames=4)
+
+
+def test_time_factor_4_scores_every_frame_and_each_time_step(
+    nine_frames: Path, tiny_model, tmp_path: Path, caplog
+) -> None:
+    options = EvalOptions(progress=False, time_factor=4)
+    with caplog.at_level("WARNING", logger="zsm"):
+        result = evaluate(nine_frames, model=tiny_model, weights="tiny", options=options)
+    # Today's networks make only t = 1/2: the model is skipped, in one line, and said so.
+    assert result.methods == list(BASELINES) and list(result.skipped) == [MODEL_METHOD]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert (
+        "skipping the model" in warning and "time_steps" in warning and "1/4, 1/2, 3/4" in warning
+    )
+    (clip,) = result.clips
+    assert clip.kinds == ([RECONSTRUCTED] + [INTERPOLATED] * 3) * 2 + [RECONSTRUCTED]
+    assert clip.times == ["t=0", *QUARTERS] * 2 + ["t=0"]
+    hr = find_clips(nine_frames)[0].load(None)
+    lr = make_lr_clip(hr[::2])[0]  # HR frames 0, 4, 8 (make_lr_clip keeps every other)
+    for name in BASELINES:
+        frames = list(BASELINES[name](lr, time_factor=4))
+        s = clip.scores[name]
+        assert s.psnr == pytest.approx([psnr_y(f, g) for f, g in zip(frames, hr, strict=True)])
+        means = clip.time_means(name)
+        assert list(means) == QUARTERS
+        for j, label in enumerate(QUARTERS, start=1):
+            assert means[label]["psnr"] == pytest.approx(np.mean([s.psnr[j], s.psnr[4 + j]]))
+        assert result.summary()[name]["times"]["t=1/2"]["psnr"] == means["t=1/2"]["psnr"]
+    # Flow follows the drift at every step; blending is worst halfway.
+    flow, blend = clip.time_means("bicubic-flow"), clip.time_means("bicubic-blend")
+    assert all(flow[t]["psnr"] > blend[t]["psnr"] for t in QUARTERS)
+    assert blend["t=1/2"]["psnr"] < min(blend["t=1/4"]["psnr"], blend["t=3/4"]["psnr"])
+
+    write_report(result, tmp_path / "r")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["time_factor"] == 4 and MODEL_METHOD in report["skipped"]
+    assert list(report["summary"]["bicubic-flow"]["times"]) == QUARTERS
+    assert list(report["clips"][0]["methods"]["bicubic-flow"]["times"]) == QUARTERS
+    assert len(report["clips"][0]["methods"]["bicubic-flow"]["per_frame"]["psnr"]) == 9
+    assert "every 4th HR frame" in report["protocol"]["degradation"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| clip | method | PSNR t=1/4 | SSIM t=1/4 | PSNR t=1/2 |" in md
+    assert "| **average** | bicubic-flow |" in md and "zsm not scored" in md
+
+
+class _AnyTimeModel(torch.nn.Module):
+    """A stand-in for a future network that makes any time step."""
+
+    descriptor = ModelDescriptor(
+        scale=4, size_multiple=4, bytes_per_pixel_frame=1.0, time_steps=True
+    )
+
+
+def test_a_model_with_time_steps_plugs_in(nine_frames: Path, monkeypatch) -> None:
+    """The seam: such a model is asked through the pipeline for time factor N's frames
+    (N per input, the last held), here faked by the blend baseline."""
+    model = _AnyTimeModel()
+    assert "video pipeline makes time factors 1, 2 only" in zsm.evaluation.time_step_problem(
+        model, 4
+    )
+    asked = []
+
+    def pipeline(lr, *, model, time_factor, **_):
+        asked.append(time_factor)
+        frames = list(BASELINES["bicubic-blend"](lr, time_factor=time_factor))
+        return iter(frames + [frames[-1]] * (time_factor - 1))
+
+    monkeypatch.setattr(zsm.options, "TIME_FACTORS", (1, 2, 4))
+    monkeypatch.setattr(zsm.evaluation.model, "upscale_frames", pipeline)
+    assert zsm.evaluation.time_step_problem(model, 4) is None
+    options = EvalOptions(progress=False, time_factor=4)
+    result = evaluate(nine_frames, model=model, baselines=["bicubic-blend"], options=options)
+    assert asked == [4] and result.methods == ["bicubic-blend", MODEL_METHOD]
+    scores = result.clips[0].scores
+    assert len(scores[MODEL_METHOD].psnr) == 9
+    assert scores[MODEL_METHOD].psnr == scores["bicubic-blend"].psnr
+
+
+def test_cli_time_factor(nine_frames: Path, tiny_model, tmp_path: Path, capsys, caplog) -> None:
+    weights = tmp_path / "tiny.safetensors"
+    zsm.save_weights(tiny_model, weights)
+    out = tmp_path / "cli"
+    base = ["evaluate", str(nine_frames), "-o", str(out), "--no-progress", "--time-factor", "4"]
+    with caplog.at_level("WARNING", logger="zsm"):
+        assert main([*base, "--weights", str(weights), "--baselines", "bicubic-blend"]) == 0
+    assert len([r for r in caplog.records if "skipping the model" in r.getMessage()]) == 1
+    text = capsys.readouterr().out
+    assert "t=1/4" in text and "t=3/4" in text and "bicubic-blend" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == ["bicubic-blend"] and report["time_factor"] == 4
+    # Model only, at a time step it cannot make: a one-line error.
+    assert main([*base, "--weights", str(weights), "--baselines", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "time_steps is False" in err
+    assert main([*base[:-1], "1", "--baselines-only"]) == 2
+    assert "--time-factor must be an integer >= 2" in capsys.readouterr().err
+    assert main([*base, "--baselines-only", "--max-frames", "4"]) == 2
+    assert "--max-frames must be >= 5" in capsys.readouterr().err

@@ -3,6 +3,7 @@ errors, interruption and resume, many inputs. Tiny random model, tiny clips, CPU
 
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -103,6 +104,22 @@ def test_fps_is_exactly_doubled(tmp_path, video_make_clip, run_cli):
     src = video_make_clip(frames=4, fps=Fraction(30000, 1001))
     assert run_cli(src, "-o", tmp_path / "o.mp4")[0] == 0
     assert probe(tmp_path / "o.mp4").fps == Fraction(60000, 1001)
+
+
+def test_broken_timestamps_use_the_declared_rate(tmp_path, video_broken_clip, run_cli, caplog):
+    """12 frames whose pts are all 0 (read as 300 fps before): 24 frames at 2 x 25 fps out,
+    timed by frame index, and one warning."""
+    src = video_broken_clip("zero.mp4", frames=12, fps=25)
+    with caplog.at_level(logging.WARNING, logger="zsm"):
+        code, _, err = run_cli(src, "-o", tmp_path / "o.mp4")
+    assert code == 0, err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "zero.mp4" in warnings[0] and "25 fps" in warnings[0]
+    info = probe(tmp_path / "o.mp4")
+    assert info.fps == 50 and info.frame_count == 24
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        times = [f.time for f in c.decode(video=0)]
+    assert times == pytest.approx([k / 50 for k in range(24)])
 
 
 def test_rotated_input_plays_upright(tmp_path, video_make_clip, video_frame_pattern, run_cli):

@@ -223,3 +223,52 @@ def test_writer_timestamps_survive_the_header(tmp_path: Path) -> None:
     with av.open(str(path)) as c:
         times = [f.time for f in c.decode(video=0)]
     assert times == [k / 50 for k in range(60)]
+
+
+@pytest.mark.parametrize(
+    "kind,fps",
+    [
+        ("zero.mp4", Fraction(25)),
+        ("zero.mp4", Fraction(30000, 1001)),
+        ("pairs.mkv", Fraction(24)),
+        ("raw.h264", Fraction(24)),
+    ],
+)
+def test_broken_timestamps_fall_back_to_the_declared_rate(
+    video_broken_clip, caplog, kind: str, fps: Fraction
+) -> None:
+    path = video_broken_clip(kind, fps=fps)
+    with caplog.at_level(logging.WARNING, logger="zsm"):
+        info = probe(path)
+    assert info.fps == fps
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert path.name in warnings[0] and "timestamps" in warnings[0]
+    assert f"{fps} fps" in warnings[0] or f"{float(fps):.3f}" in warnings[0]
+    assert info.frame_count in (None, 12)  # never a count made from the broken duration
+    assert len(list(iter_frames(info))) == 12
+
+
+def test_timestamp_problems_and_the_fallback_rate(caplog) -> None:
+    from types import SimpleNamespace
+
+    from zsm.video.rate import FALLBACK_RATE, stream_rate, timestamp_problem
+
+    assert timestamp_problem([0, 1, 2, 4]) is None  # variable frame rate is fine
+    assert timestamp_problem([-2, -1, 0]) is None and timestamp_problem([7]) is None
+    assert timestamp_problem([0, 0, 0]) == "every frame at pts 0"
+    assert timestamp_problem([3, 2, 1]) == timestamp_problem([0, 1, 1, 2]) == "not increasing"
+    assert timestamp_problem([None, None]) == "none at all"
+    assert timestamp_problem([0, None, 2]) == "some missing"
+    # Nothing plausible declared (a clock tick of 30000 is not a frame rate): 25 fps, warned.
+    stream = SimpleNamespace(
+        average_rate=Fraction(300),
+        guessed_rate=None,
+        base_rate=Fraction(0),
+        codec_context=SimpleNamespace(framerate=Fraction(30000)),
+    )
+    with caplog.at_level(logging.WARNING, logger="zsm"):
+        assert stream_rate(stream, [0, 0, 0], "a.mp4") == (FALLBACK_RATE, True)
+        assert stream_rate(stream, [0, 1, 2], "b.mp4") == (Fraction(300), False)
+    (warning,) = caplog.records
+    assert "a.mp4" in warning.getMessage() and "assuming 25 fps" in warning.getMessage()

@@ -19,9 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score the model and classical baselines (PSNR/SSIM on Y) on HR clips",
         description="Make the LR input from HR clips with the training degradation (MATLAB "
-        "bicubic x4, frames 0, 2, 4, ... kept), run the model and the baselines over whole "
-        "sequences, and score every frame against the HR frames: PSNR and SSIM on Y "
-        "(BT.601), reconstructed and interpolated frames apart, plus each method's frames/s. "
+        "bicubic x4, frames 0, N, 2N, ... kept; N = --time-factor, default 2), run the model "
+        "and the baselines over whole sequences, and score every frame against the HR "
+        "frames: PSNR and SSIM on Y (BT.601), reconstructed and interpolated frames apart "
+        "(and each time step t = 1/N, ..., (N-1)/N), plus each method's frames/s. "
         "Writes report.json, report.md and PNG plots.",
     )
     p.add_argument(
@@ -53,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-frames", type=int, default=None, help="use at most N HR frames of each clip"
+    )
+    p.add_argument(
+        "--time-factor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="LR inputs are every N-th HR frame; the N-1 frames between, at t = 1/N, ..., "
+        "(N-1)/N, are made and scored (default 2: one halfway; a model that makes only "
+        "t = 1/2 is then skipped)",
     )
     p.add_argument(
         "--crop-border",
@@ -92,8 +102,14 @@ def run(args: argparse.Namespace) -> int:
     from zsm.evaluation import EvalOptions, evaluate, write_report
     from zsm.models.registry import DEFAULT_WEIGHTS, load_model
 
-    if args.max_frames is not None and args.max_frames < 3:
-        raise InputError(f"--max-frames must be >= 3 (two inputs), got {args.max_frames}")
+    factor = 2 if args.time_factor is None else args.time_factor
+    if factor < 2:
+        raise InputError(f"--time-factor must be an integer >= 2, got {factor}")
+    if args.max_frames is not None and args.max_frames < factor + 1:
+        at = f" at --time-factor {factor}" if factor != 2 else ""
+        raise InputError(
+            f"--max-frames must be >= {factor + 1} (two inputs{at}), got {args.max_frames}"
+        )
     if args.crop_border < 0:
         raise InputError(f"--crop-border must be >= 0, got {args.crop_border}")
     device = resolve_device(args.device)
@@ -113,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         lpips=args.lpips,
         progress=not args.no_progress,
         device=str(device),
+        **({"time_factor": args.time_factor} if args.time_factor is not None else {}),
         **({"ensemble": args.ensemble} if args.ensemble is not None else {}),
         **({"precision": args.precision} if args.precision is not None else {}),
     )
@@ -123,15 +140,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells(means: dict[str, dict[str, float]], columns: list[str]) -> str:
+    return "".join(
+        f"{means[k]['psnr']:>12.2f} dB {means[k]['ssim']:.4f}"
+        if not math.isnan(means[k]["psnr"])
+        else f"{'-':>22s}"
+        for k in columns
+    )
+
+
 def _print_summary(result: EvaluationResult) -> None:
     from zsm.evaluation import KINDS
+    from zsm.evaluation.results import time_labels
 
-    print(f"{'method':16s}" + "".join(f"{k:>22s}" for k in KINDS) + f"{'fps':>9s}")
-    for method, entry in result.summary().items():
-        cells = "".join(
-            f"{entry[k]['psnr']:>12.2f} dB {entry[k]['ssim']:.4f}"
-            if not math.isnan(entry[k]["psnr"])
-            else f"{'-':>22s}"
-            for k in KINDS
-        )
-        print(f"{method:16s}{cells}{entry['fps']:9.2f}")
+    summary = result.summary()
+    kinds = list(KINDS)
+    print(f"{'method':16s}" + "".join(f"{k:>22s}" for k in kinds) + f"{'fps':>9s}")
+    for method, entry in summary.items():
+        print(f"{method:16s}{_cells(entry, kinds)}{entry['fps']:9.2f}")
+    labels = time_labels(result.options.time_factor)
+    if len(labels) > 1:  # at time factor 2 the one step is the interpolated column
+        print(f"{'time step':16s}" + "".join(f"{t:>22s}" for t in labels))
+        for method, entry in summary.items():
+            print(f"{method:16s}{_cells(entry['times'], labels)}")

@@ -1,38 +1,62 @@
-"""Classical space-time upscaling baselines: n LR frames -> 2n-1 frames at 4x the size.
+"""Classical space-time upscaling baselines: n LR frames -> N(n-1)+1 frames at 4x the size.
 
 Every baseline enlarges each input frame with MATLAB-style bicubic (the
 inverse of the benchmarks' degradation, as in the SR literature's "Bicubic"
-rows) and differs only in how the frame halfway between inputs k and k+1 is
-made:
+rows) and differs only in how the frames at times t = 1/N, ..., (N-1)/N
+between inputs k (t = 0) and k+1 (t = 1) are made, N the time factor
+(default 2: the one frame halfway):
 
 - ``bicubic-repeat``: input k's frame again (what a frame-rate doubler does),
-- ``bicubic-blend``: the mean of the two neighbours (cross-fade; ghosts on motion),
-- ``bicubic-flow``: both neighbours warped to t = 1/2 along OpenCV DIS optical
-  flow and blended with occlusion-aware weights (see :func:`flow_midpoint`).
-- ``bicubic-flow-lr``: the same along the DIS flow of the *LR* frames, enlarged;
-  exactly the in-between frames of an untrained flow-guided network, whose
-  global skip this is (:func:`zsm.models.zsm.flow_skip`; its enlargement is
-  PyTorch's bicubic, not MATLAB's).
+- ``bicubic-blend``: the neighbours weighted 1 - t and t (cross-fade; ghosts on motion),
+- ``bicubic-flow``: both neighbours warped to t along OpenCV DIS optical flow and
+  blended with occlusion-aware weights (see :func:`flow_at_times`).
+- ``bicubic-flow-lr``: the same along the DIS flow of the *LR* frames, enlarged
+  (:func:`zsm.ops.warp.blend_at_time`); at t = 1/2 exactly the in-between frames
+  of an untrained flow-guided network, whose global skip this is
+  (:func:`zsm.models.zsm.flow_skip`; its enlargement is PyTorch's bicubic, not MATLAB's).
 
-Each takes LR frames as uint8 RGB (n, h, w, 3) and yields the 2n-1 uint8 RGB
-output frames (4h, 4w, 3) one at a time, in order, so that long clips are
-scored without holding every output in memory.
+Each takes LR frames as uint8 RGB (n, h, w, 3) and a time factor N, and
+yields the N(n-1)+1 uint8 RGB output frames (4h, 4w, 3) one at a time, in
+order, so that long clips are scored without holding every output in memory.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from zsm.data.degrade import SCALE, bicubic_upscale
-from zsm.models.zsm import flow_skip
+from zsm.models.config import MULTIPLE
 from zsm.ops.flow import DISFlow
+from zsm.ops.warp import blend_at_time, resize_flow
 
-Baseline = Callable[[Sequence[np.ndarray]], Iterator[np.ndarray]]
+DEFAULT_TIME_FACTOR = 2  # one frame halfway between inputs, as Zooming Slow-Mo makes
+
+
+class Baseline(Protocol):
+    """A baseline: n uint8 LR frames and a time factor N -> N(n-1)+1 uint8 HR frames."""
+
+    def __call__(
+        self, lr: Sequence[np.ndarray], time_factor: int = DEFAULT_TIME_FACTOR
+    ) -> Iterator[np.ndarray]: ...
+
+
+def between_times(time_factor: int) -> list[float]:
+    """The times j / N, j = 1 .. N-1, of the frames a time factor N puts between two inputs."""
+    if isinstance(time_factor, bool) or not isinstance(time_factor, int) or time_factor < 2:
+        raise ValueError(f"time factor must be an integer >= 2, got {time_factor!r}")
+    return [j / time_factor for j in range(1, time_factor)]
+
+
+def _check_time(t: float) -> None:
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"expected a time step t in (0, 1), got {t}")
 
 
 def _upscale(frame: np.ndarray, scale: int = SCALE) -> np.ndarray:
@@ -55,47 +79,101 @@ def _check_lr(lr: Sequence[np.ndarray]) -> None:
         )
 
 
-def _with_midpoints(
-    lr: Sequence[np.ndarray], midpoint: Callable[[np.ndarray, np.ndarray], np.ndarray]
+def _with_times(
+    lr: Sequence[np.ndarray],
+    between: Callable[[np.ndarray, np.ndarray, list[float]], Iterable[np.ndarray]],
+    time_factor: int,
 ) -> Iterator[np.ndarray]:
-    """Yield up(0), mid(0, 1), up(1), ..., up(n-1); ``midpoint`` sees unrounded frames."""
+    """Yield up(0), the frames between 0 and 1, up(1), ..., up(n-1); ``between`` sees the
+    unrounded enlargements of both neighbours."""
+    times = between_times(time_factor)
     _check_lr(lr)
     previous = _upscale(lr[0])
     yield _to_uint8(previous)
     for frame in lr[1:]:
         current = _upscale(frame)
-        yield _to_uint8(midpoint(previous, current))
+        for image in between(previous, current, times):
+            yield _to_uint8(image)
         yield _to_uint8(current)
         previous = current
 
 
-def bicubic_repeat(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-    """Bicubic x4 of every input; the in-between frame repeats the earlier input."""
-    return _with_midpoints(lr, lambda a, b: a)
+def bicubic_repeat(
+    lr: Sequence[np.ndarray], time_factor: int = DEFAULT_TIME_FACTOR
+) -> Iterator[np.ndarray]:
+    """Bicubic x4 of every input; the frames between repeat the earlier input."""
+    return _with_times(lr, lambda a, b, times: (a for _ in times), time_factor)
 
 
-def bicubic_blend(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-    """Bicubic x4 of every input; the in-between frame is the mean of its neighbours."""
-    return _with_midpoints(lr, lambda a, b: 0.5 * (a + b))
+def bicubic_blend(
+    lr: Sequence[np.ndarray], time_factor: int = DEFAULT_TIME_FACTOR
+) -> Iterator[np.ndarray]:
+    """Bicubic x4 of every input; the frame at t is (1 - t) * earlier + t * later."""
+    return _with_times(lr, lambda a, b, times: ((1.0 - t) * a + t * b for t in times), time_factor)
 
 
-def bicubic_flow(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-    """Bicubic x4 of every input; the in-between frame is interpolated along optical flow."""
+def bicubic_flow(
+    lr: Sequence[np.ndarray], time_factor: int = DEFAULT_TIME_FACTOR
+) -> Iterator[np.ndarray]:
+    """Bicubic x4 of every input; the frames between are interpolated along optical flow."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return _with_midpoints(lr, lambda a, b: flow_midpoint(a, b, dis=dis))
+    return _with_times(lr, lambda a, b, times: flow_at_times(a, b, times, dis=dis), time_factor)
 
 
-def bicubic_flow_lr(lr: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-    """Bicubic x4 of every input; the in-between frame is the flow-guided network's skip."""
+def bicubic_flow_lr(
+    lr: Sequence[np.ndarray], time_factor: int = DEFAULT_TIME_FACTOR
+) -> Iterator[np.ndarray]:
+    """Bicubic x4 of every input; the frames between are the flow-guided network's skip
+    at each t (along the LR flow, enlarged)."""
+    times = between_times(time_factor)
     _check_lr(lr)
     dis = DISFlow()
     yield _to_uint8(_upscale(lr[0]))
     for a, b in itertools.pairwise(lr):
-        pair = torch.from_numpy(np.stack((a, b))).permute(0, 3, 1, 2).float().div_(255.0)
-        flow = torch.from_numpy(dis.pair(a, b))
-        mid = flow_skip(pair[None], flow[None, None])[0, 1]  # (3, 4h, 4w) in [0, 1]
-        yield _to_uint8(mid.permute(1, 2, 0).double().mul_(255.0).numpy())
+        for image in flow_lr_at_times(a, b, times, dis=dis):
+            yield _to_uint8(image)
         yield _to_uint8(_upscale(b))
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad H and W of (B, n, C, H, W) up to multiples of ``multiple``, as the
+    network pads its input (bottom and right)."""
+    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if ph == 0 and pw == 0:
+        return x
+    b, n = x.shape[:2]
+    return F.pad(x.flatten(0, 1), (0, pw, 0, ph), mode="replicate").unflatten(0, (b, n))
+
+
+def flow_lr_at_times(
+    frame0: np.ndarray, frame1: np.ndarray, times: Sequence[float], *, dis: DISFlow | None = None
+) -> list[np.ndarray]:
+    """The frames at ``times`` in (0, 1) between two uint8 LR frames (h, w, 3), as float64
+    (4h, 4w, 3) in 0..255, unrounded: the frames enlarged with PyTorch's bicubic, warped
+    along their LR DIS flow enlarged x4 and blended (:func:`zsm.ops.warp.blend_at_time`).
+
+    The same operations, padded and cropped alike, as the flow-guided network's global
+    skip (:func:`zsm.models.zsm.flow_skip`), which this equals at t = 1/2.
+    """
+    for t in times:
+        _check_time(t)
+    h, w = frame0.shape[:2]
+    dis = dis or DISFlow()
+    pair = torch.from_numpy(np.stack((frame0, frame1))).permute(0, 3, 1, 2).float().div_(255.0)
+    x = _pad_to_multiple(pair[None], MULTIPLE)  # (1, 2, 3, H, W)
+    flow = _pad_to_multiple(
+        torch.from_numpy(dis.pair(frame0, frame1))[None, None].float(), MULTIPLE
+    )
+    up = F.interpolate(x.flatten(0, 1), scale_factor=SCALE, mode="bicubic", align_corners=False)
+    up = up.unflatten(0, (1, 2))  # (1, 2, 3, 4H, 4W)
+    hr01 = resize_flow(flow[:, :, 0:2].flatten(0, 1), SCALE)  # (1, 2, 4H, 4W), HR pixels
+    hr10 = resize_flow(flow[:, :, 2:4].flatten(0, 1), SCALE)
+    first, second = up[:, :-1].flatten(0, 1).float(), up[:, 1:].flatten(0, 1).float()
+    out = []
+    for t in times:
+        image = blend_at_time(first, second, hr01, hr10, t)[0, :, : SCALE * h, : SCALE * w]
+        out.append(image.permute(1, 2, 0).double().mul_(255.0).numpy())
+    return out
 
 
 BASELINES: dict[str, Baseline] = {
@@ -131,25 +209,31 @@ def occlusion_mask(forward: np.ndarray, backward: np.ndarray, grid: np.ndarray) 
     return (err > tol).astype(np.float32)
 
 
-def flow_midpoint(
+def flow_at_times(
     frame0: np.ndarray,
     frame1: np.ndarray,
+    times: Sequence[float],
     *,
     dis: cv2.DISOpticalFlow | None = None,
-) -> np.ndarray:
-    """The frame halfway between two float RGB frames (H, W, 3), along DIS optical flow.
+) -> list[np.ndarray]:
+    """The frames at ``times`` in (0, 1) between two float RGB frames (H, W, 3), along
+    DIS optical flow; float32 (H, W, 3), unrounded.
 
     1. Flow both ways, F01 and F10, with DIS on the (bicubic-enlarged) gray frames.
-    2. Flow from the middle frame to each end, under locally constant motion
-       (Jiang et al., Super SloMo, CVPR 2018, eq. 4 at t = 1/2):
-       F_t0 = (F10 - F01) / 4, F_t1 = (F01 - F10) / 4.
-    3. Backward-warp both frames to the middle and blend them. Occlusion-aware
-       weights: where the sample taken from frame 0 is occluded in frame 1
+    2. Flow from the frame at t to each end, under locally constant motion
+       (Jiang et al., Super SloMo, CVPR 2018, eq. 4):
+       F_t0 = -(1 - t) t F01 + t^2 F10, F_t1 = (1 - t)^2 F01 - t (1 - t) F10.
+    3. Backward-warp both frames to t and blend them, weighted 1 - t and t.
+       Occlusion-aware: where the sample taken from frame 0 is occluded in frame 1
        (forward-backward check), the sample from frame 1 is wrong and gets no
-       weight, and vice versa; where both or neither are, it is a plain mean.
+       weight, and vice versa; where both or neither are, the weights are 1 - t and t.
+
+    The flows and occlusion masks are computed once for all ``times``.
     """
     if frame0.shape != frame1.shape:
         raise ValueError(f"frames differ in shape: {frame0.shape} vs {frame1.shape}")
+    for t in times:
+        _check_time(t)
     dis = dis or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     g0, g1 = _gray(frame0), _gray(frame1)
     f01 = dis.calc(g0, g1, None)  # (H, W, 2) as (dx, dy): g0(x) ~ g1(x + f01(x))
@@ -157,16 +241,31 @@ def flow_midpoint(
     h, w = g0.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     grid = np.stack([xs, ys], axis=-1)  # (H, W, 2) pixel positions as (x, y)
-
-    ft0 = 0.25 * (f10 - f01)
-    ft1 = -ft0
     occ0 = occlusion_mask(f01, f10, grid)  # pixels of frame 0 that vanish in frame 1
     occ1 = occlusion_mask(f10, f01, grid)  # pixels of frame 1 not present in frame 0
-    o0 = _sample(occ0, grid, ft0)  # is the sample taken from frame 0 such a pixel?
-    o1 = _sample(occ1, grid, ft1)
-    w0 = 0.5 * (1.0 - o1 * (1.0 - o0))
-    w1 = 0.5 * (1.0 - o0 * (1.0 - o1))
-    warped0 = _sample(frame0.astype(np.float32), grid, ft0)
-    warped1 = _sample(frame1.astype(np.float32), grid, ft1)
-    total = w0 + w1  # >= 0.5 everywhere: the weights never both vanish
-    return (w0[..., None] * warped0 + w1[..., None] * warped1) / total[..., None]
+    image0, image1 = frame0.astype(np.float32), frame1.astype(np.float32)
+    out = []
+    for t in times:
+        # Float32 flows times Python floats stay float32; at t = 1/2 the factors are powers
+        # of two, so these are exactly (F10 - F01) / 4 and its negative.
+        ft0 = f01 * (-(1.0 - t) * t) + f10 * (t * t)
+        ft1 = f01 * ((1.0 - t) ** 2) + f10 * (-t * (1.0 - t))
+        o0 = _sample(occ0, grid, ft0)  # is the sample taken from frame 0 such a pixel?
+        o1 = _sample(occ1, grid, ft1)
+        w0 = (1.0 - t) * (1.0 - o1 * (1.0 - o0))
+        w1 = t * (1.0 - o0 * (1.0 - o1))
+        warped0 = _sample(image0, grid, ft0)
+        warped1 = _sample(image1, grid, ft1)
+        total = w0 + w1  # >= min(t, 1 - t) everywhere: the weights never both vanish
+        out.append((w0[..., None] * warped0 + w1[..., None] * warped1) / total[..., None])
+    return out
+
+
+def flow_midpoint(
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    *,
+    dis: cv2.DISOpticalFlow | None = None,
+) -> np.ndarray:
+    """The frame halfway between two float RGB frames (H, W, 3): :func:`flow_at_times` at 1/2."""
+    return flow_at_times(frame0, frame1, (0.5,), dis=dis)[0]

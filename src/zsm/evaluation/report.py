@@ -12,7 +12,13 @@ from zsm import __version__
 from zsm.atomic import atomic_path, describe_os_error
 from zsm.errors import OutputError
 from zsm.evaluation.plots import plot_crop_grid, plot_psnr_per_frame
-from zsm.evaluation.results import INTERPOLATED, KINDS, RECONSTRUCTED, EvaluationResult
+from zsm.evaluation.results import (
+    INTERPOLATED,
+    KINDS,
+    RECONSTRUCTED,
+    EvaluationResult,
+    time_labels,
+)
 
 MAX_MD_CLIPS = 40  # larger sets (Vimeo-90K: 7824 clips) list only the average in report.md
 
@@ -20,13 +26,28 @@ MAX_MD_CLIPS = 40  # larger sets (Vimeo-90K: 7824 clips) list only the average i
 def protocol(result: EvaluationResult) -> dict[str, str]:
     """How the numbers were made, in words that go into both report files."""
     border, passes = result.options.crop_border, result.options.ensemble
+    n = result.options.time_factor
+    if n == 2:
+        kept = "HR frames 0, 2, 4, ... (1-based: the odd frames)"
+        frames = (
+            "reconstructed = even frames (their LR version was an input); "
+            "interpolated = odd frames (never seen)"
+        )
+    else:
+        steps = ", ".join(time_labels(n))
+        kept = f"every {n}th HR frame (0, {n}, {2 * n}, ...)"
+        frames = (
+            f"reconstructed = frames 0, {n}, {2 * n}, ... (their LR version was an input); "
+            f"interpolated = the {n - 1} frames between each pair, at {steps} (never seen), "
+            "also scored per time step"
+        )
     return {
         "degradation": "LR = MATLAB-style bicubic x4 down-scaling (antialiased, a=-0.5) of "
-        "HR frames 0, 2, 4, ... (1-based: the odd frames), rounded to 8 bits",
+        f"{kept}, rounded to 8 bits",
+        "time_factor": f"{n}: each method makes {n - 1} frame(s) between neighbouring inputs",
         "scoring": "every HR frame, after the whole sequence went through each method "
         "(windows stitched), scored frame by frame - not per 7-frame window",
-        "frames": "reconstructed = even frames (their LR version was an input); "
-        "interpolated = odd frames (never seen)",
+        "frames": frames,
         "color": "Y channel of ITU-R BT.601 (16-235), from uint8-rounded RGB outputs",
         "ssim": "Wang et al. ssim.m: 11x11 Gaussian window, sigma 1.5, K=(0.01, 0.03), "
         "L=255, mean over valid window positions",
@@ -59,6 +80,7 @@ def to_json(result: EvaluationResult, plots: list[str]) -> dict[str, Any]:
         methods = {}
         for method, s in clip.scores.items():
             entry: dict[str, Any] = {k: s.mean(clip.kinds, k) for k in KINDS}
+            entry["times"] = clip.time_means(method)
             entry["seconds"] = s.seconds
             entry["fps"] = s.fps()
             entry["per_frame"] = {"psnr": s.psnr, "ssim": s.ssim}
@@ -84,6 +106,7 @@ def to_json(result: EvaluationResult, plots: list[str]) -> dict[str, Any]:
                 "height": clip.height,
                 "frames": len(clip.kinds),
                 "kinds": clip.kinds,
+                "times": clip.times,
                 "notes": clip.notes,
                 "methods": methods,
                 "crops": crops,
@@ -96,6 +119,8 @@ def to_json(result: EvaluationResult, plots: list[str]) -> dict[str, Any]:
             "data": result.data,
             "weights": result.weights,
             "methods": result.methods,
+            "skipped": result.skipped,
+            "time_factor": result.options.time_factor,
             "max_frames": result.options.max_frames,
             "protocol": protocol(result),
             "summary": result.summary(),
@@ -131,6 +156,20 @@ def _row(clip: str, method: str, means: dict[str, dict[str, float]], fps: float)
     return "| " + " | ".join(cells) + " |"
 
 
+def _time_header(labels: list[str]) -> list[str]:
+    cols = ["clip", "method"]
+    for label in labels:
+        cols += [f"PSNR {label}", f"SSIM {label}"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _time_row(clip: str, method: str, means: dict[str, dict[str, float]]) -> str:
+    cells = [clip, method]
+    for label in means:
+        cells += [_num(means[label]["psnr"], 2), _num(means[label]["ssim"], 4)]
+    return "| " + " | ".join(cells) + " |"
+
+
 def to_markdown(result: EvaluationResult, plots: list[str]) -> str:
     summary = result.summary()
     n_frames = sum(len(c.kinds) for c in result.clips)
@@ -143,9 +182,16 @@ def to_markdown(result: EvaluationResult, plots: list[str]) -> str:
         "",
     ]
     lines += [f"- **{k}**: {v}" for k, v in protocol(result).items()]
+    lines += [f"- **{m} not scored**: {why}" for m, why in result.skipped.items()]
+    labels = time_labels(result.options.time_factor)
+    by_time = len(labels) > 1  # at time factor 2 the one step is the interpolated column
     lines += ["", "## Average over clips", "", *_header()]
     for method, entry in summary.items():
         lines.append(_row("**average**", method, entry, entry["fps"]))
+    if by_time:
+        lines += ["", "By time step between inputs:", "", *_time_header(labels)]
+        for method, entry in summary.items():
+            lines.append(_time_row("**average**", method, entry["times"]))
     if any("lpips" in e["all"] for e in summary.values()):
         lines += ["", "LPIPS (AlexNet, lower is better), all / reconstructed / interpolated:", ""]
         for method, e in summary.items():
@@ -161,6 +207,11 @@ def to_markdown(result: EvaluationResult, plots: list[str]) -> str:
             for method, s in clip.scores.items():
                 means = {k: s.mean(clip.kinds, k) for k in KINDS}
                 lines.append(_row(clip.name, method, means, s.fps()))
+        if by_time:
+            lines += ["", *_time_header(labels)]
+            for clip in result.clips:
+                for method in clip.scores:
+                    lines.append(_time_row(clip.name, method, clip.time_means(method)))
         notes = [f"- {c.name}: {n}" for c in result.clips for n in c.notes]
         if notes:
             lines += ["", "Notes:", *notes]
@@ -176,10 +227,8 @@ def to_markdown(result: EvaluationResult, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p}]({p})" for p in plots]
-    lines += [
-        "",
-        f"Frames: {RECONSTRUCTED} = inputs enlarged; {INTERPOLATED} = halfway between inputs.",
-    ]
+    between = f"at {', '.join(labels)} between inputs" if by_time else "halfway between inputs"
+    lines += ["", f"Frames: {RECONSTRUCTED} = inputs enlarged; {INTERPOLATED} = {between}."]
     return "\n".join(lines) + "\n"
 
 

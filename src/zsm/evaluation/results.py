@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -19,6 +20,18 @@ RECONSTRUCTED = "reconstructed"
 INTERPOLATED = "interpolated"
 KINDS = ("all", RECONSTRUCTED, INTERPOLATED)
 MODEL_METHOD = "zsm"
+
+
+def time_label(step: int, factor: int) -> str:
+    """The label of frame ``step`` (0 .. factor-1) after an input: ``"t=1/4"`` for 1 of 4,
+    ``"t=1/2"`` for 2 of 4 (reduced), ``"t=0"`` for the input itself."""
+    t = Fraction(step, factor)
+    return f"t={t}"
+
+
+def time_labels(factor: int) -> list[str]:
+    """The labels of the frames a time factor puts between two inputs, in time order."""
+    return [time_label(j, factor) for j in range(1, factor)]
 
 
 @dataclass(frozen=True)
@@ -32,15 +45,22 @@ class EvalOptions:
     device: str = "cpu"  # where the model runs
     ensemble: int = 1  # passes of the model's self-ensemble (zsm.engine.ensemble)
     precision: str = "fp32"  # of the model (zsm.engine.precision)
+    time_factor: int = 2  # LR inputs are every N-th HR frame; N-1 frames between are made
 
     def __post_init__(self) -> None:
         check_passes(self.ensemble)
+        tf = self.time_factor
+        if isinstance(tf, bool) or not isinstance(tf, int) or tf < 2:
+            raise ValueError(f"time_factor must be an integer >= 2, got {tf!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.crop_border < 0:
             raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
-        if self.max_frames is not None and self.max_frames < 3:
-            raise ValueError(f"max_frames must be >= 3 (two inputs), got {self.max_frames}")
+        if self.max_frames is not None and self.max_frames < tf + 1:
+            raise ValueError(
+                f"max_frames must be >= {tf + 1} (two inputs, time factor {tf}), "
+                f"got {self.max_frames}"
+            )
 
 
 @dataclass
@@ -91,6 +111,18 @@ class ClipResult:
     scores: dict[str, MethodScores]
     notes: list[str] = field(default_factory=list)
     crops: list[CropExample] = field(default_factory=list)
+    time_factor: int = 2  # frame i is at t = (i mod N) / N after input i // N
+
+    @property
+    def times(self) -> list[str]:
+        """Per scored frame, its time step's label (``"t=0"`` for reconstructed frames)."""
+        n = self.time_factor
+        return [time_label(i % n, n) for i in range(len(self.kinds))]
+
+    def time_means(self, method: str) -> dict[str, dict[str, float]]:
+        """Per in-between time step (``"t=1/4"``, ...), ``method``'s mean scores there."""
+        s, times = self.scores[method], self.times
+        return {label: s.mean(times, label) for label in time_labels(self.time_factor)}
 
 
 @dataclass
@@ -100,15 +132,22 @@ class EvaluationResult:
     options: EvalOptions
     weights: str | None
     clips: list[ClipResult]
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it was not scored
 
     def summary(self) -> dict[str, dict]:
-        """Per method: mean over clips of each clip's mean, per kind; fps over all frames."""
+        """Per method: mean over clips of each clip's mean, per kind and per in-between time
+        step (``entry["times"]["t=1/4"]``); fps over all frames."""
         out: dict[str, dict] = {}
         for method in self.methods:
             entry: dict = {}
             for which in KINDS:
                 per_clip = [c.scores[method].mean(c.kinds, which) for c in self.clips]
                 entry[which] = {k: _mean([m[k] for m in per_clip]) for k in per_clip[0]}
+            per_time = [c.time_means(method) for c in self.clips]
+            entry["times"] = {
+                label: {k: _mean([m[label][k] for m in per_time]) for k in per_time[0][label]}
+                for label in time_labels(self.options.time_factor)
+            }
             frames = sum(len(c.kinds) for c in self.clips)
             seconds = sum(c.scores[method].seconds for c in self.clips)
             entry["frames"] = frames

@@ -2,19 +2,20 @@
 
 For each clip: the HR frames are the ground truth; the LR input is made
 with the training degradation (:func:`zsm.data.degrade.make_lr_clip`: MATLAB
-bicubic x4, frames 0, 2, 4, ... kept); every method turns the n LR frames into
-2n-1 HR frames, and all of them are scored against the HR frames, frame by
-frame, after the whole sequence went through the method (windows stitched;
-not per 7-frame window). Even frames are *reconstructed* (their LR version was
-an input), odd frames *interpolated* (not seen at all); both are reported
-apart, as the two tasks differ.
+bicubic x4, frames 0, N, 2N, ... kept, N the time factor, 2 by default); every
+method turns the n LR frames into N(n-1)+1 HR frames, and all of them are
+scored against the HR frames, frame by frame, after the whole sequence went
+through the method (windows stitched; not per 7-frame window). Frames 0, N,
+2N, ... are *reconstructed* (their LR version was an input), the others
+*interpolated* (not seen at all), at t = 1/N, ..., (N-1)/N; the two kinds and
+each time step are reported apart, as the tasks differ.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from zsm.evaluation.baselines import BASELINES
 from zsm.evaluation.crops import GainTracker
 from zsm.evaluation.data import find_clips
 from zsm.evaluation.metrics import LPIPS, psnr_y, ssim_y
+from zsm.evaluation.model import model_frames, time_step_problem
 from zsm.evaluation.prepare import prepare_clip
 from zsm.evaluation.results import (
     INTERPOLATED,
@@ -39,43 +41,10 @@ from zsm.evaluation.results import (
     EvaluationResult,
     MethodScores,
 )
-from zsm.upscale import upscale_frames
 
-Method = Callable[[np.ndarray], Iterable[np.ndarray]]
+log = logging.getLogger("zsm")
 
-
-def run_model_on_clip(
-    model: torch.nn.Module, lr_frames: np.ndarray, *, device: str | torch.device = "cpu"
-) -> list[np.ndarray]:
-    """The model's 2n-1 uint8 RGB HR frames for n uint8 RGB LR frames (n, h, w, 3)."""
-    return list(model_frames(model, lr_frames, device=device))
-
-
-def model_frames(
-    model: torch.nn.Module,
-    lr_frames: np.ndarray,
-    *,
-    device: str | torch.device = "cpu",
-    ensemble: int = 1,
-    precision: str = "fp32",
-) -> Iterator[np.ndarray]:
-    """Like :func:`run_model_on_clip`, lazily: the pipeline holds one window at a time.
-
-    ``ensemble``: passes of the self-ensemble (:mod:`zsm.engine.ensemble`);
-    ``precision``: see :mod:`zsm.engine.precision`.
-    """
-    n = len(lr_frames)
-    # The pipeline holds the last frame for a 2n-th slot (2x frame rate); the scored frames
-    # are the 2n-1 that lie on or between inputs.
-    count = 0
-    frames = upscale_frames(
-        lr_frames, model=model, device=str(device), ensemble=ensemble, precision=precision
-    )
-    for frame in itertools.islice(frames, 2 * n - 1):
-        count += 1
-        yield frame
-    if count != 2 * n - 1:
-        raise RuntimeError(f"the pipeline gave {count} frames for {n} inputs")
+Method = Callable[[np.ndarray], Iterable[np.ndarray]]  # n LR frames -> N(n-1)+1 HR frames
 
 
 class _Timed:
@@ -109,12 +78,14 @@ def evaluate_clip(
 
     ``hr``: the clip as uint8 (T, H, W, 3), or a function that reads its
     frames anew each call (two passes: the LR input first, then the targets).
+    ``methods`` make the frames of ``options.time_factor`` (see :func:`evaluate`).
     """
     read = (lambda: iter(hr)) if isinstance(hr, np.ndarray) else hr
-    prep = prepare_clip(read())
+    factor = options.time_factor
+    prep = prepare_clip(read(), time_factor=factor)
     lr = prep.lr
     gt = prep.targets(read)
-    kinds = [RECONSTRUCTED if i % 2 == 0 else INTERPOLATED for i in range(prep.count)]
+    kinds = [RECONSTRUCTED if i % factor == 0 else INTERPOLATED for i in range(prep.count)]
     runs = {m: _Timed(lambda fn=fn: fn(lr)) for m, fn in methods.items()}
     scores = {m: MethodScores(lpips=[] if lpips else None) for m in methods}
     tracker = GainTracker(subject, methods) if subject in methods else None
@@ -144,7 +115,7 @@ def evaluate_clip(
     for method, run in runs.items():
         scores[method].seconds = run.seconds
     crops = tracker.examples(options.crop_border) if tracker else []
-    return ClipResult(name, prep.width, prep.height, kinds, scores, prep.notes, crops)
+    return ClipResult(name, prep.width, prep.height, kinds, scores, prep.notes, crops, factor)
 
 
 def evaluate(
@@ -155,15 +126,32 @@ def evaluate(
     baselines: Sequence[str] = tuple(BASELINES),
     options: EvalOptions | None = None,
 ) -> EvaluationResult:
-    """Score the model (if given) and the named baselines on every clip in ``data``."""
+    """Score the model (if given) and the named baselines on every clip in ``data``.
+
+    At ``options.time_factor`` other than 2 a model that cannot make those time steps
+    (:func:`~zsm.evaluation.model.time_step_problem`) is skipped with a warning and the
+    reason in ``EvaluationResult.skipped``, or, with no baselines to score, an
+    :class:`~zsm.errors.InputError`.
+    """
     options = options or EvalOptions()
+    factor = options.time_factor
     # The report names the precision that ran, not "auto".
     used = resolve_precision(torch.device(options.device), options.precision)
     options = dataclasses.replace(options, precision=used)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise InputError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
-    methods: dict[str, Method] = {b: BASELINES[b] for b in baselines}
+    methods: dict[str, Method] = {
+        b: functools.partial(BASELINES[b], time_factor=factor) for b in baselines
+    }
+    skipped: dict[str, str] = {}
+    problem = time_step_problem(model, factor) if model is not None else None
+    if problem is not None:
+        if not methods:
+            raise InputError(f"cannot evaluate the model: {problem}; score baselines instead")
+        log.warning("zsm: skipping the model: %s", problem)
+        skipped[MODEL_METHOD] = problem
+        model = None
     if model is not None:
         model = model.to(options.device).eval()
         methods[MODEL_METHOD] = lambda lr: model_frames(
@@ -172,6 +160,7 @@ def evaluate(
             device=options.device,
             ensemble=options.ensemble,
             precision=options.precision,
+            time_factor=factor,
         )
     if not methods:
         raise InputError("nothing to evaluate: no model and no baselines")
@@ -183,4 +172,4 @@ def evaluate(
         results.append(
             evaluate_clip(clip.name, read, methods, options, lpips=lpips, subject=subject)
         )
-    return EvaluationResult(str(data), list(methods), options, weights, results)
+    return EvaluationResult(str(data), list(methods), options, weights, results, skipped)

@@ -21,6 +21,7 @@ import numpy as np
 
 from zsm.atomic import describe_os_error
 from zsm.errors import InputError, OutputError
+from zsm.video.rate import CHECKED_FRAMES, stream_rate
 
 log = logging.getLogger("zsm")
 
@@ -166,15 +167,13 @@ def probe(path: Path | str, *, fps: Fraction | float | None = None) -> VideoInfo
                 "to upscale image frames, pass the folder that holds them"
             )
         stream = container.streams.video[0]
-        first = _first_frame(container, stream, path)
+        first, pts = _first_frames(container, stream, path)
         orient = _frame_orientation(first)
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate or rate <= 0:
-            log.warning("zsm: %s does not state its frame rate; assuming 25 fps", path.name)
-            rate = Fraction(25)
-        rate = Fraction(rate)
-        duration = _duration(container, stream)
+        rate, broken = stream_rate(stream, pts, path.name)
         exact = bool(stream.frames and stream.frames > 0)
+        duration = _duration(container, stream)
+        if broken:  # the duration is made of the same timestamps
+            duration = int(stream.frames) / rate if exact else None
         count = int(stream.frames) if exact else (round(duration * rate) if duration else None)
         width, height = orient.size(first.width, first.height)
         src_fmt = stream.codec_context.pix_fmt or first.format.name
@@ -204,15 +203,25 @@ def _is_still_image(container: av.container.InputContainer) -> bool:
     return name == "image2" or name.endswith("_pipe")
 
 
-def _first_frame(
+def _first_frames(
     container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
-) -> av.VideoFrame:
+) -> tuple[av.VideoFrame, list[int | None]]:
+    """The first decoded frame, and the pts of the first :data:`CHECKED_FRAMES`."""
+    first: av.VideoFrame | None = None
+    pts: list[int | None] = []
     try:
         for frame in container.decode(stream):
-            return frame
+            first = first or frame
+            pts.append(frame.pts)
+            if len(pts) == CHECKED_FRAMES:
+                break
     except (av.FFmpegError, ValueError) as exc:
-        raise InputError(f"cannot decode {path}: {_why(exc)}") from exc
-    raise InputError(f"{path} has a video stream but no decodable frames")
+        if first is None:
+            raise InputError(f"cannot decode {path}: {_why(exc)}") from exc
+        # A later frame fails: decoding the clip says so, with its frame number.
+    if first is None:
+        raise InputError(f"{path} has a video stream but no decodable frames")
+    return first, pts
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.VideoStream) -> float | None:
