@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from zsm.bench.offsets import OFFSET_STD_PX
-from zsm.bench.timing import timed
+from zsm.bench.timing import best_of
 from zsm.ops.dcn import modulated_deform_conv2d
 
 
@@ -111,13 +111,14 @@ def bench_dcn(
     for f, _ in runs.values():
         f()  # warm-up (also builds the native kernel on first use)
     # Rounds interleave the implementations, so a machine shared with other
-    # work biases them alike; slow ones stop after ~budget_s.
+    # work biases them alike; slow ones stop after ~budget_s. Each runs twice in
+    # a row per round (the second warm: its data back in cache after the others').
     for _ in range(max(1, repeats)):
         for name, (f, fb) in runs.items():
             if fwd_t[name] and sum(fwd_t[name]) + sum(both_t[name]) > budget_s:
                 continue
-            fwd_t[name].append(timed(f, device))
-            both_t[name].append(timed(fb, device))
+            fwd_t[name] += best_of(f, device, 2, budget_s)
+            both_t[name] += best_of(fb, device, 2, budget_s)
     results: dict[str, dict[str, float]] = {}
     for name in runs:
         fwd, both = min(fwd_t[name]), min(both_t[name])
