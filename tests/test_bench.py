@@ -27,7 +27,7 @@ TINY = {"nf": 8, "groups": 2, "front_RBs": 0, "back_RBs": 1, "hr_nf": 8}
 CLOCK = ["--clock", "process"]
 
 
-def assert_positive_report(r: dict) -> None:
+def assert_positive_report(r: dict, precision: str = "fp32") -> None:
     assert set(r["stages"]) == {*STAGES, "total"}
     for stage in r["stages"].values():
         for key in ("ms_per_frame", "gflop_per_frame", "gflops", "vs_dense_gflops"):
@@ -43,7 +43,7 @@ def assert_positive_report(r: dict) -> None:
     assert dense["ms"] == dense["ms_by_layout"][dense["layout"]]
     assert r["output_frames"] == 2 * r["frames"] - 1
     assert r["output_fps"] == pytest.approx(r["output_frames"] / r["whole_ms"] * 1e3)
-    assert r["precision"] == "fp32"
+    assert r["precision"] == precision
     if r["peak_memory_mb"] is not None:
         assert r["peak_memory_mb"] > 0
     impls = r["dcn"]["impls"]
@@ -70,6 +70,47 @@ def test_run_benchmark_flow_guided_network_times_its_flow_apart() -> None:
     assert "DIS optical flow" in format_report(r)
 
 
+def assert_bf16_references(r: dict) -> None:
+    """A bf16 run holds the fp32 network and both dense convs, timed in the same run."""
+    assert_positive_report(r, "bf16")
+    for key in ("dense_conv", "dense_conv_fp32"):
+        d = r[key]
+        assert d["shape"] == r["dense_conv"]["shape"] and d["gflops"] > 0
+        assert set(d["ms_by_layout"]) == {"NCHW", "NHWC"}
+    assert r["dense_speedup_vs_fp32"] > 0 and r["speedup_vs_fp32"] > 0
+    assert set(r["fp32"]["stages"]) == set(r["stages"]) and r["fp32"]["output_fps"] > 0
+    for name, s in r["stages"].items():
+        assert s["vs_fp32_dense_gflops"] > 0 and s["speedup_vs_fp32"] > 0
+        assert s["fp32_ms_per_frame"] == r["fp32"]["stages"][name]["ms_per_frame"]
+        # the same FLOPs either way; each precision against its own dense conv
+        assert s["gflop_per_frame"] == r["fp32"]["stages"][name]["gflop_per_frame"]
+        assert s["vs_dense_gflops"] == pytest.approx(s["gflops"] / r["dense_conv"]["gflops"])
+        fp32_dense = r["dense_conv_fp32"]["gflops"]
+        assert s["vs_fp32_dense_gflops"] == pytest.approx(s["gflops"] / fp32_dense)
+    # The DCN alone: in bf16 and NHWC (the network's CPU path), against the bf16 dense conv,
+    # with the fp32 dense conv and DCN beside it.
+    dcn = r["dcn"]
+    assert dcn["precision"] == "bf16" and dcn["layout"] == "NHWC"
+    impls = dcn["impls"]
+    assert {"dense", "cpu", "dense-fp32", "cpu-fp32"} <= set(impls)
+    assert impls["dense"]["forward_vs_dense"] == 1.0 and impls["dense"]["backward_vs_dense"] == 1.0
+    for v in impls.values():
+        assert v["forward_ms"] > 0 and v["backward_ms"] >= 0
+
+
+def test_run_benchmark_bf16_on_the_cpu_against_bf16_and_fp32_references() -> None:
+    r = run_benchmark(
+        preset="compact", size=(20, 12), frames=2, repeats=1, overrides=TINY,
+        precision_name="bf16", dcn_backends=["cpu", "torchvision"],
+    )  # fmt: skip
+    assert_bf16_references(r)
+    assert r["cpu_bf16"] is not None  # which native bf16 flags the CPU has (maybe none)
+    json.dumps(r)
+    text = format_report(r)
+    for row in ("dense 3x3 conv 8->8, bf16", "% of fp32 dense", "x fp32", "dense-fp32", "cpu-fp32"):
+        assert row in text, row
+
+
 def test_dcn_alone_in_the_networks_cpu_layout() -> None:
     """``channels_last``: NHWC input and offsets/mask slices of one NHWC tensor, as in inference."""
     from zsm.bench import bench_dcn
@@ -94,6 +135,19 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert r["preset"] == "compact" and r["size"] == [16, 12]
     assert set(r["dcn"]["impls"]) == {"dense", "cpu", "torchvision"}
     assert_positive_report(r)
+
+
+def test_cli_bf16_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["benchmark", "--size", "16x12", "--frames", "2", "--repeats", "1", "--json"]
+    args += ["--precision", "bf16", "--dcn-backends", "cpu,torchvision", "--threads", "1"]
+    try:
+        code = main([*args, *CLOCK])
+    finally:
+        use_process_clock(False)
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["device"] == "cpu" and r["preset"] == "compact"
+    assert_bf16_references(r)
 
 
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -93,6 +93,17 @@ def test_kernel_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     assert not calls
 
 
+def test_bf16_pointers_take_bf16_tensors_only() -> None:
+    sig = native.Signature("g", (("x", native.BF16_IN), ("cols", native.BF16_OUT)))
+    kernel, calls = _recording_kernel(sig)
+    h = torch.zeros(2, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="x must be a bfloat16 CPU tensor"):
+        kernel(x=T32, cols=h)
+    kernel(x=h, cols=h)
+    assert calls == [(h.data_ptr(), h.data_ptr())]
+    assert "const uint16_t *x" in native.header()  # the bf16 im2col variants' parameters
+
+
 def test_kernel_rejects_an_argument_given_twice() -> None:
     kernel, calls = _recording_kernel(SIG)
     with pytest.raises(TypeError, match="n is bound already"):
@@ -106,6 +117,10 @@ def test_loaded_kernel_reports_openmp_and_binds_every_function() -> None:
     assert lib is not None
     assert isinstance(lib.openmp, bool)
     assert lib.im2col.sig.name == "zsm_dcn_im2col" and lib.col2im.sig.name == "zsm_dcn_col2im"
+    for (x_dtype, cols_dtype), name in native.IM2COL_VARIANTS.items():
+        kernel = lib.im2col_for(x_dtype, cols_dtype)
+        assert kernel is not None and kernel.sig.name == name
+    assert lib.im2col_for(torch.bfloat16, torch.float32) is None  # bf16 input: bf16 columns
 
 
 def test_zsm_ops_imports_only_torch_torchvision_and_the_standard_library() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from zsm import ZoomingSlowMo, ZSMConfig
-from zsm.engine import NAMES, InferenceModel, SelfEnsemble, prepare
+from zsm.engine import NAMES, InferenceModel, SelfEnsemble, fused, prepare
 from zsm.engine.banded import BandedReconstructor, _conv_rows, _few_outputs_conv_rows
 from zsm.engine.lstm import InplaceGatesConvLSTM
 from zsm.engine.offsets import FusedOffsetMaskConv2d
@@ -47,6 +48,21 @@ def test_each_rewrite_alone_equals_the_reference(name: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_each_rewrite_keeps_a_flow_guided_network(name: str) -> None:
+    from zsm.ops.flow import frame_flows
+
+    model = _randomised(dataclasses.replace(SMALL, flow_guided=True))
+    with torch.no_grad():
+        model.reconstruct.out_conv.weight.normal_(0, 0.05)  # zero at init: make it count
+    frames = torch.rand(1, 3, 3, 12, 16)
+    flow = frame_flows(frames) * 3.0  # motion of a few pixels
+    with torch.no_grad():
+        want = model(frames, flow)
+    got = prepare(model, CPU, rewrites=(name,))(frames, flow)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_all_cpu_rewrites_equal_the_reference_and_leave_it_alone() -> None:
     model = _randomised()
     before = copy.deepcopy(model.state_dict())
@@ -56,7 +72,8 @@ def test_all_cpu_rewrites_equal_the_reference_and_leave_it_alone() -> None:
     net = prepare(model, CPU)
     assert isinstance(net, InferenceModel)
     assert set(net.rewrites) == {"fused-offset-conv", "inplace-lstm-gates", "channels-last"} | {
-        "banded-hr-tail"
+        "banded-hr-tail",
+        "fused-conv-act",
     }
     torch.testing.assert_close(net(frames), want, rtol=1e-5, atol=1e-5)
     # The argument is untouched: its classes, hooks and parameters are the reference's.
@@ -272,3 +289,57 @@ def test_a_foreign_callable_must_declare_its_descriptor() -> None:
     assert len(out) == 4 and out[0].shape == (16, 16, 3)
     with pytest.raises(ValueError, match="need a zsm network"):
         list(upscale_frames(frames, model=nearest, device="cpu", ensemble=2))
+
+
+needs_bf16_onednn = pytest.mark.skipif(
+    not fused._bf16_supported(), reason="oneDNN has no bf16 convs on this CPU"
+)
+
+
+@needs_bf16_onednn
+@pytest.mark.parametrize("act", ["lrelu", "relu"])
+@pytest.mark.parametrize("padding", [None, (0, 1)], ids=["own", "rows"])
+def test_conv_act_fuses_bf16_and_equals_the_conv_then_the_activation(
+    act: str, padding: tuple[int, int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1)
+    x = torch.randn(2, 8, 9, 11).contiguous(memory_format=torch.channels_last)
+    pad = padding or (1, 1)
+    calls = []
+    op = fused._fused_op()
+    monkeypatch.setattr(fused, "_fused_op", lambda: lambda *a: calls.append(a) or op(*a))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused.conv_act(conv, x, act, padding)  # float32 input, cast as autocast would
+        y = F.conv2d(x, conv.weight, conv.bias, padding=pad)
+        want = F.leaky_relu(y, 0.1) if act == "lrelu" else F.relu(y)
+        again = fused.conv_act(conv, x.bfloat16(), act, padding)  # bf16 activations
+    assert len(calls) == 2 and got.dtype == want.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    # the activation before the output's rounding instead of after: one bf16 step at most
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(got, again)
+    # float32, or with autograd: the plain conv and activation, unfused
+    with torch.inference_mode():
+        plain = fused.conv_act(conv, x, act, padding)
+    traced = fused.conv_act(conv, x, act, padding)
+    assert len(calls) == 2
+    assert traced.requires_grad and torch.equal(plain, traced.detach())
+    with torch.no_grad():
+        y = F.conv2d(x, conv.weight, conv.bias, padding=pad)
+        assert torch.equal(plain, F.leaky_relu(y, 0.1) if act == "lrelu" else F.relu(y))
+
+
+@needs_bf16_onednn
+def test_fused_rewrite_under_bf16_matches_the_reference() -> None:
+    """All CPU rewrites (the fused activations among them) under bf16: the reference's
+    frames to bf16 rounding, and the fused classes swapped in."""
+    model = _randomised()
+    frames = torch.rand(1, 3, 3, 12, 16)
+    net = prepare(model, CPU, precision="bf16")
+    assert type(net.network.interpolate.align_a.l1) is fused.FusedAlignLevel
+    assert type(net.network.extract.pyramid) is fused.FusedFeaturePyramid
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(frames).float()
+    got = net(frames).float()
+    assert (got - want).abs().max() < 0.02 and (got - want).abs().mean() < 2e-3

@@ -24,6 +24,7 @@ from zsm.errors import ZSMError
 from zsm.training import ConfigError, TrainConfig, Trainer, charbonnier, load_config, train
 from zsm.training.checkpoint import latest_checkpoint, load_checkpoint
 from zsm.training.config import apply_override
+from zsm.training.dist import Dist
 from zsm.training.logs import read_log
 from zsm.training.sampler import DataOrder, RankBatches
 from zsm.training.schedule import cosine_restart_factor
@@ -522,6 +523,14 @@ def test_cpu_bf16_autocast_trains_and_resumes_exactly(vimeo: Path, tmp_path: Pat
 
     config = tiny(vimeo, tmp_path / "a", amp="bf16")
     assert Trainer(config)._amp_dtype(torch.device("cpu")) == torch.bfloat16
+    # channels-last weights (oneDNN's bf16 convs are fast NHWC), also in the EMA copy;
+    # float32 runs keep NCHW
+    cpu = Dist(rank=0, world_size=1, device=torch.device("cpu"))
+    for amp, nhwc in (("bf16", True), ("off", False)):
+        state = Trainer(tiny(vimeo, tmp_path / amp, amp=amp))._build_state(cpu)
+        for net in (state.model, state.ema.module if state.ema else state.model):
+            w = net.extract.head.weight
+            assert w.is_contiguous(memory_format=torch.channels_last) == nhwc, amp
     straight = train(config)
     run_a = losses(tmp_path / "a")
     assert len(run_a) == 6 and all(np.isfinite(v) for _, v in run_a)

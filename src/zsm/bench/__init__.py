@@ -26,6 +26,15 @@ device), torchvision's, and the dense conv of the same shape. The offset
 convs are re-initialised to give offsets of a few pixels, as a trained
 network's are (:mod:`~zsm.bench.offsets`).
 
+``--precision bf16`` (CPU or GPU) or ``fp16`` (GPU) runs the network under
+autocast, as ``zsm upscale`` does, against the dense conv in that precision
+on activations of that dtype; the float32 network and the float32 dense conv
+are timed in the same rounds, so every stage also gets its GFLOP/s as a
+fraction of the float32 dense conv's and its speed-up over itself in
+float32. The deformable conv alone then runs under the same autocast (its
+sampling float32, its GEMMs in bf16 where the backend can) against the dense
+conv in that precision, with the float32 dense conv and DCN beside them.
+
 Timings are the best of ``repeats`` runs (after one warm-up run), with the
 stages and the dense conv interleaved in every round, so that a machine
 shared with other work biases both sides alike. On such a machine two more
@@ -54,6 +63,7 @@ from zsm.bench.stages import STAGE_MODULES, STAGES, StageTimer, stage_hooks
 from zsm.bench.system import backend_label, device_name
 from zsm.bench.timing import clock_name, use_process_clock
 from zsm.device import resolve_device
+from zsm.engine.precision import NATIVE_BF16_FLAGS, autocast_dtype, cpu_flags
 from zsm.models.config import PRESETS, ZSMConfig
 from zsm.ops.dcn import select_backend
 
@@ -104,8 +114,12 @@ def run_benchmark(
     ``auto`` picks on the device, plus ``torchvision`` if different);
     ``overrides``: model config fields replacing the preset's (tests use a tiny net);
     ``malloc_tuned``: only recorded (the caller applied :func:`tune_malloc`);
-    ``precision_name``: ``fp32``, or ``fp16``/``bf16`` autocast (GPU only) for
-    the network (the DCN-alone figures stay float32, as the network keeps them).
+    ``precision_name``: ``fp32``, or the network under ``bf16`` (CPU or GPU)
+    or ``fp16`` (GPU) autocast, as ``zsm upscale --precision`` runs it; the
+    float32 network and dense conv are then timed in the same rounds too
+    (:func:`~zsm.bench.model.bench_model`), and the DCN alone runs under the
+    same autocast against the dense conv in that precision, on the CPU in the
+    network's NHWC layout (:func:`~zsm.bench.dcn.bench_dcn`).
     """
     if frames < 2:
         raise ValueError(f"--frames must be >= 2, got {frames}")
@@ -114,8 +128,8 @@ def run_benchmark(
     dev = resolve_device(device)
     if precision_name not in PRECISIONS:
         raise ValueError(f"unknown precision {precision_name!r}; choose one of {list(PRECISIONS)}")
-    if precision_name != "fp32" and dev.type == "cpu":
-        raise ValueError(f"precision {precision_name} is for GPUs; the CPU path runs in fp32")
+    if precision_name == "fp16" and dev.type == "cpu":
+        raise ValueError("precision fp16 is for GPUs; on a CPU use fp32 or bf16")
     base = PRESETS.get(preset)
     if base is None:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -124,13 +138,16 @@ def run_benchmark(
     if dcn_backends is None:
         dcn_backends = [auto] + (["torchvision"] if auto != "torchvision" else [])
     width, height = size
+    dtype = PRECISIONS[precision_name]
+    if dtype is not None:
+        autocast_dtype(dev, precision_name)  # a GPU without bf16 is refused; an emulated CPU warns
     net = bench_model(
         config,
         size=size,
         frames=frames,
         device=dev,
         repeats=repeats,
-        dtype=PRECISIONS[precision_name],
+        dtype=dtype,
         channels_last=channels_last,
     )
     hp, wp = net["dense_conv"]["shape"][2:]
@@ -141,6 +158,10 @@ def run_benchmark(
         device=dev,
         repeats=repeats,
         backends=dcn_backends,
+        # Low precision on the CPU: NHWC, as the network runs there (oneDNN's NCHW bf16
+        # conv is several times slower than its NHWC one: no fair reference).
+        channels_last=channels_last or (dtype is not None and dev.type == "cpu"),
+        dtype=dtype,
     )
     return {
         "device": str(dev),
@@ -158,6 +179,12 @@ def run_benchmark(
         "clock": clock_name(),
         "stage_timing": "module_hooks",
         "dcn_backend": backend_label(dev),
+        "cpu_bf16": _native_bf16_flags() if dev.type == "cpu" else None,
         **net,
         "dcn": dcn,
     }
+
+
+def _native_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 features (empty: bf16 runs emulated)."""
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in cpu_flags()]

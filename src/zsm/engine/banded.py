@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zsm.models.blocks import lrelu_
+from zsm.engine.fused import conv_act
 from zsm.models.reconstruct import Reconstructor
 
 # Largest tensor of the HR tail in one band, in bytes. Under glibc's largest dynamic mmap
@@ -38,7 +38,8 @@ class BandedReconstructor(Reconstructor):
         n, _, h, w = x.shape
         out = x.new_empty(n, 3, 4 * h, 4 * w)
         for i in range(n):
-            y = lrelu_(F.pixel_shuffle(self.up1(self.trunk(x[i : i + 1])), 2))
+            # LeakyReLU commutes with the shuffle (it only moves values): fused into up1
+            y = F.pixel_shuffle(conv_act(self.up1, self.trunk(x[i : i + 1]), "lrelu"), 2)
             rows = self._band_rows(y)
             for r0 in range(0, 2 * h, rows):
                 r1 = min(r0 + rows, 2 * h)
@@ -59,9 +60,9 @@ class BandedReconstructor(Reconstructor):
         """
         h = x.shape[-2]
         s0, s1 = max(r0 - 1, 0), min(r1 + 1, h)  # x2 rows of up2's output (hr_conv's halo)
-        y = _conv_rows(self.up2, x[..., max(s0 - 1, 0) : s1 + 1, :], s0 == 0, s1 == h)
-        y = lrelu_(F.pixel_shuffle(y, 2))  # HR rows [2 s0, 2 s1)
-        y = lrelu_(_conv_rows(self.hr_conv, y, s0 == 0, s1 == h))  # [2 r0 - 1, 2 r1 + 1)
+        y = _conv_rows(self.up2, x[..., max(s0 - 1, 0) : s1 + 1, :], s0 == 0, s1 == h, "lrelu")
+        y = F.pixel_shuffle(y, 2)  # HR rows [2 s0, 2 s1)
+        y = _conv_rows(self.hr_conv, y, s0 == 0, s1 == h, "lrelu")  # [2 r0 - 1, 2 r1 + 1)
         return _few_outputs_conv_rows(self.out_conv, y, r0 == 0, r1 == h)  # [2 r0, 2 r1)
 
 
@@ -70,12 +71,18 @@ def _pad_rows(x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
     return F.pad(x, (0, 0, int(top), int(bottom))) if top or bottom else x
 
 
-def _conv_rows(conv: nn.Conv2d, x: torch.Tensor, top: bool, bottom: bool) -> torch.Tensor:
+def _conv_rows(
+    conv: nn.Conv2d, x: torch.Tensor, top: bool, bottom: bool, act: str | None = None
+) -> torch.Tensor:
     """``conv`` over rows whose first and last are halo (dropped) unless at the image border.
 
     At a border the conv's zero padding applies instead; columns are padded as usual.
+    ``act``: the activation after it, fused in (:func:`zsm.engine.fused.conv_act`).
     """
-    return F.conv2d(_pad_rows(x, top, bottom), conv.weight, conv.bias, padding=(0, 1))
+    x = _pad_rows(x, top, bottom)
+    if act is not None:
+        return conv_act(conv, x, act, padding=(0, 1))
+    return F.conv2d(x, conv.weight, conv.bias, padding=(0, 1))
 
 
 def _few_outputs_conv_rows(

@@ -52,6 +52,10 @@ class AlignLevel(nn.Module):
         if not coarsest:
             self.fuse = conv3x3(2 * nf, nf)
 
+    def conv_lrelu(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``lrelu(conv(x))`` (the inference engine fuses the two on the CPU)."""
+        return lrelu_(conv(x))
+
     def forward(
         self,
         p: torch.Tensor,
@@ -68,13 +72,13 @@ class AlignLevel(nn.Module):
         if flows is not None:
             base = flows[0]
             pw, qw = warp(p, flows[0]), warp(q, flows[1])
-        off = lrelu_(self.offset_in(torch.cat((pw, qw), dim=1)))
+        off = self.conv_lrelu(self.offset_in, torch.cat((pw, qw), dim=1))
         if coarser is None:
-            off = lrelu_(self.offset_out(off))
+            off = self.conv_lrelu(self.offset_out, off)
             return off, self.dcn(p, off, base)
         coarse_off, coarse_fea = coarser
-        off = lrelu_(self.offset_merge(torch.cat((off, up2(coarse_off).mul_(2)), dim=1)))
-        off = lrelu_(self.offset_out(off))
+        off = self.conv_lrelu(self.offset_merge, torch.cat((off, up2(coarse_off).mul_(2)), dim=1))
+        off = self.conv_lrelu(self.offset_out, off)
         fea = self.fuse(torch.cat((self.dcn(p, off, base), up2(coarse_fea)), dim=1))
         return off, fea
 

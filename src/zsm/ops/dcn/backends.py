@@ -112,11 +112,14 @@ def modulated_deform_conv2d(
         # offsets, the sampling stays fp32; its GEMMs take the autocast dtype
         # where the backend can (the CPU backends in bf16: oneDNN's bf16 GEMM
         # is twice as fast where the CPU has native bf16), else fp32 too.
+        # Activations in that dtype go in as they are: the CPU backends sample them in
+        # float32 themselves (the native kernel reads bf16), with no widened copy.
         dtype = torch.get_autocast_dtype(device_type)
         extra = {"gemm_dtype": dtype} if dtype in impl.gemm_dtypes else {}
+        keep = bool(extra) and x.dtype == dtype
         with torch.autocast(device_type, enabled=False):
             return impl.fn(
-                x.float(),
+                x if keep else x.float(),
                 offset.float(),
                 mask.float(),
                 weight.float(),

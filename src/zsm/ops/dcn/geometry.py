@@ -68,9 +68,15 @@ def geometry(
 # layouts
 
 
-def group_major(x: torch.Tensor, geo: Geom) -> torch.Tensor:
-    """(B, C, H, W) -> (B, G, H, W, Cg): each offset group's image, channels last, in one block."""
-    return x.reshape(geo.b, geo.g, geo.cg, geo.h, geo.w).permute(0, 1, 3, 4, 2).contiguous()
+def group_major(x: torch.Tensor, geo: Geom, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, G, H, W, Cg): each offset group's image, channels last, in one block.
+
+    ``dtype``: converted to it in the same copy.
+    """
+    t = x.reshape(geo.b, geo.g, geo.cg, geo.h, geo.w).permute(0, 1, 3, 4, 2)
+    if dtype is None or dtype == x.dtype:
+        return t.contiguous()
+    return torch.empty(t.shape, dtype=dtype, device=x.device).copy_(t)
 
 
 def per_sample_dense(t: torch.Tensor) -> torch.Tensor:
@@ -191,15 +197,21 @@ def plan_chunks(geo: Geom, rows_per_chunk: int, tile: int) -> list[Chunk]:
 _scratch = threading.local()
 
 
-def workspace(name: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A (rows, cols) scratch matrix kept between calls (per thread).
+def workspace(
+    name: str, rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A (rows, cols) scratch matrix kept between calls (per thread, name and dtype).
 
     Fresh multi-megabyte tensors cost page faults on every call (about as
     much as sampling them, on the VMs measured); the chunk buffers are reused.
+    ``dtype``: the matrix's (default ``like``'s); one buffer per dtype, so that
+    float32 and bfloat16 calls in turn do not reallocate.
     """
+    dtype = dtype or like.dtype
+    key = f"{name}_{str(dtype).removeprefix('torch.')}"
     need = rows * cols
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.numel() < need or buf.dtype != like.dtype or buf.device != like.device:
-        buf = like.new_empty(need)
-        setattr(_scratch, name, buf)
+    buf = getattr(_scratch, key, None)
+    if buf is None or buf.numel() < need or buf.device != like.device:
+        buf = like.new_empty(need, dtype=dtype)
+        setattr(_scratch, key, buf)
     return buf[:need].view(rows, cols)

@@ -55,8 +55,9 @@ class CType:
 
     c: str
     ctype: Any  # a ctypes type, or None for void
-    pointer: bool = False  # a float32 tensor's data (its data_ptr) is passed
+    pointer: bool = False  # a tensor's data (its data_ptr) is passed
     nullable: bool = False  # None is allowed (a NULL pointer)
+    dtype: torch.dtype = torch.float32  # a pointer's tensor dtype
 
     def declare(self, name: str) -> str:
         return f"{self.c}{name}" if self.c.endswith("*") else f"{self.c} {name}"
@@ -65,6 +66,8 @@ class CType:
 F32_IN = CType("const float *", ctypes.c_void_p, pointer=True)
 F32_OUT = CType("float *", ctypes.c_void_p, pointer=True)
 F32_OUT_OR_NULL = CType("float *", ctypes.c_void_p, pointer=True, nullable=True)
+BF16_IN = CType("const uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
+BF16_OUT = CType("uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
 I64 = CType("int64_t", ctypes.c_int64)
 INT = CType("int", ctypes.c_int)
 VOID = CType("void", None)
@@ -95,19 +98,32 @@ def _each(names: str, ctype: CType) -> tuple[tuple[str, CType], ...]:
 
 _DIMS = "H W C G kh kw pad Ho Wo"  # sizes of one call; C counts all input channels
 
-SIGNATURES = (
-    # im2col of tiles [t0, t1) into ``cols`` (its rows from q_base on); the strides
-    # (x: batch, group, pixel; offset and mask: batch, channel, position): see the C file.
-    Signature(
-        "zsm_dcn_im2col",
+
+def _im2col(name: str, x: CType, cols: CType) -> Signature:
+    return Signature(
+        name,
         (
-            *_each("x offset mask", F32_IN),
-            *_each("cols", F32_OUT),
+            ("x", x),
+            *_each("offset mask", F32_IN),
+            ("cols", cols),
             *_each(_DIMS, I64),
             *_each("xsb xsg xsp osb osc osp msb msc msp q_base t0 t1", I64),
             *_each("nthreads", INT),
         ),
-    ),
+    )
+
+
+# (x dtype, columns dtype) -> the im2col taking them; the sampling is float32 in each.
+IM2COL_VARIANTS = {
+    (torch.float32, torch.float32): "zsm_dcn_im2col",
+    (torch.bfloat16, torch.bfloat16): "zsm_dcn_im2col_bf16",  # bf16 activations, bf16 GEMM
+    (torch.float32, torch.bfloat16): "zsm_dcn_im2col_f32_bf16",  # the backward's bf16 GEMM
+}
+
+SIGNATURES = (
+    # im2col of tiles [t0, t1) into ``cols`` (its rows from q_base on); the strides
+    # (x: batch, group, pixel; offset and mask: batch, channel, position): see the C file.
+    _im2col("zsm_dcn_im2col", F32_IN, F32_OUT),
     # col2im of rows [q0, q1): part ``part`` of ``nparts``, or all of them (OpenMP).
     Signature(
         "zsm_dcn_col2im",
@@ -120,6 +136,8 @@ SIGNATURES = (
         ),
     ),
     Signature("zsm_dcn_openmp", (), INT),
+    _im2col("zsm_dcn_im2col_bf16", BF16_IN, BF16_OUT),
+    _im2col("zsm_dcn_im2col_f32_bf16", F32_IN, BF16_OUT),
 )
 
 
@@ -154,10 +172,11 @@ class Kernel:
     """One C function, called by keyword: ``kernel(x=..., H=..., ...)``, or ``bind`` some first.
 
     Every parameter is given exactly once, by name; pointer parameters take a
-    float32 CPU tensor (None where the C side accepts NULL) and pass its
-    ``data_ptr()``; ctypes checks the integers. A sampler binds the call's
-    fixed arguments once and each chunk's few others per call: about 2 us
-    more than a bare positional ctypes call (measured).
+    CPU tensor of the parameter's dtype (float32 or bfloat16; None where the C
+    side accepts NULL) and pass its ``data_ptr()``; ctypes checks the
+    integers. A sampler binds the call's fixed arguments once and each
+    chunk's few others per call: about 2 us more than a bare positional
+    ctypes call (measured).
     """
 
     __slots__ = ("_args", "_fn", "_free", "_index", "_types", "sig")
@@ -183,8 +202,9 @@ class Kernel:
             if not ctype.nullable:
                 raise TypeError(f"{self.sig.name}(): {name} must not be None")
             return None
-        if value.dtype is not torch.float32 or not value.is_cpu:
-            raise TypeError(f"{self.sig.name}(): {name} must be a float32 CPU tensor")
+        if value.dtype is not ctype.dtype or not value.is_cpu:
+            dtype = str(ctype.dtype).removeprefix("torch.")
+            raise TypeError(f"{self.sig.name}(): {name} must be a {dtype} CPU tensor")
         return value.data_ptr()
 
     def _fill(self, kwargs: dict[str, Any]) -> list[Any]:
@@ -214,11 +234,19 @@ class Kernel:
 
 @dataclass
 class NativeLib:
-    """The loaded kernel: ``im2col`` and ``col2im``; ``openmp`` if they split their loops."""
+    """The loaded kernel: ``im2col`` and ``col2im``; ``openmp`` if they split their loops.
+
+    ``im2col`` is float32 -> float32; :meth:`im2col_for` gives every variant.
+    """
 
     im2col: Kernel
     col2im: Kernel
     openmp: bool
+    variants: dict[tuple[torch.dtype, torch.dtype], Kernel]
+
+    def im2col_for(self, x_dtype: torch.dtype, cols_dtype: torch.dtype) -> Kernel | None:
+        """The im2col reading ``x_dtype`` and writing ``cols_dtype`` (None: there is none)."""
+        return self.variants.get((x_dtype, cols_dtype))
 
 
 def _bind(lib: ctypes.CDLL, sig: Signature) -> Kernel:
@@ -318,7 +346,8 @@ def load_native() -> NativeLib | None:
             lib = ctypes.CDLL(str(path))
             fns = {sig.name: _bind(lib, sig) for sig in SIGNATURES}
             openmp = bool(fns["zsm_dcn_openmp"]())
-            _native_lib = NativeLib(fns["zsm_dcn_im2col"], fns["zsm_dcn_col2im"], openmp)
+            variants = {dtypes: fns[name] for dtypes, name in IM2COL_VARIANTS.items()}
+            _native_lib = NativeLib(fns["zsm_dcn_im2col"], fns["zsm_dcn_col2im"], openmp, variants)
         except Exception as exc:  # any failure: the callers fall back to the pure path
             log.warning(
                 "zsm: native deformable-conv kernel unavailable (%s); using PyTorch ops (slower)",

@@ -70,12 +70,19 @@ def _run_parts(lib: NativeLib, fn: Kernel) -> None:
         f.result()
 
 
+def supports(lib: NativeLib, x_dtype: torch.dtype, cols_dtype: torch.dtype) -> bool:
+    """Whether the kernel samples ``x_dtype`` input into ``cols_dtype`` columns."""
+    return lib.im2col_for(x_dtype, cols_dtype) is not None
+
+
 class NativeSampler:
     """im2col / col2im by the compiled kernel.
 
-    ``x``: group-major (B, G, H, W, Cg), or NHWC (im2col only). ``offset`` and
-    ``mask`` in any layout :func:`position_strides` describes (col2im: NCHW,
-    per-sample dense, ``offset`` possibly batch-strided).
+    ``x``: group-major (B, G, H, W, Cg), or NHWC (im2col only); float32, or
+    bfloat16 for im2col into bfloat16 columns (``cols_dtype``, see
+    :data:`~zsm.ops.dcn.native.IM2COL_VARIANTS`; col2im needs float32).
+    ``offset`` and ``mask``, float32, in any layout :func:`position_strides`
+    describes (col2im: NCHW, per-sample dense, ``offset`` possibly batch-strided).
     """
 
     def __init__(
@@ -85,13 +92,19 @@ class NativeSampler:
         offset: torch.Tensor,
         mask: torch.Tensor,
         geo: Geom,
+        cols_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.lib, self.geo = lib, geo
         self.ntiles = -(-geo.hwo // TILE)
         size = CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES
         if torch.get_num_threads() > 1:
             size = CHUNK_BYTES_THREADED
-        self.chunks = plan_chunks(geo, max(1, size // (geo.k * 4)), TILE)
+        self.cols_dtype = cols_dtype
+        row_bytes = geo.k * cols_dtype.itemsize
+        self.chunks = plan_chunks(geo, max(1, size // row_bytes), TILE)
+        im2col = lib.im2col_for(x.dtype, cols_dtype)
+        if im2col is None:
+            raise TypeError(f"the kernel has no im2col from {x.dtype} to {cols_dtype}")
         ostrides, mstrides = position_strides(offset), position_strides(mask)
         assert ostrides is not None and mstrides is not None
         xsb, xsg, xsp = image_strides(x, geo)
@@ -101,19 +114,19 @@ class NativeSampler:
         )  # fmt: skip
         self.x = x  # the workspace's dtype and device
         # Arguments fixed for the call (checked and converted once, here).
-        self._im2col = lib.im2col.bind(
+        self._im2col = im2col.bind(
             x=x, offset=offset, mask=mask, **dims, xsb=xsb, xsg=xsg, xsp=xsp,
             osb=ostrides[0], osc=ostrides[1], osp=ostrides[2],
             msb=mstrides[0], msc=mstrides[1], msp=mstrides[2],
         )  # fmt: skip
-        self._col2im = lib.col2im.bind(
-            x=x, offset=offset, mask=mask, **dims, ostride=offset.stride(0)
-        )
+        # col2im reads float32 x: bound on the first call (a bf16 x samples forward only)
+        self._col2im_args = dict(x=x, offset=offset, mask=mask, **dims, ostride=offset.stride(0))
+        self._col2im: Kernel | None = None
 
     def im2col(self, i: int) -> torch.Tensor:
         """Columns of chunk ``i``, (rows, K): a scratch buffer, overwritten by the next call."""
         ch = self.chunks[i]
-        cols = workspace("cols", ch.rows, self.geo.k, self.x)
+        cols = workspace("cols", ch.rows, self.geo.k, self.x, self.cols_dtype)
         t0 = ch.b0 * self.ntiles + ch.p0 // TILE
         t1 = (ch.b1 - 1) * self.ntiles + -(-ch.p1 // TILE)
         _run_tiles(self.lib, self._im2col.bind(cols=cols, q_base=ch.qa), t0, t1)
@@ -129,5 +142,7 @@ class NativeSampler:
     ) -> None:
         """Accumulate chunk ``i``'s input gradient into ``gx``; write its offset/mask gradients."""
         ch = self.chunks[i]
+        if self._col2im is None:
+            self._col2im = self.lib.col2im.bind(**self._col2im_args)
         fn = self._col2im.bind(gcols=gcols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb)
         _run_parts(self.lib, fn)

@@ -131,14 +131,70 @@ static void tile_gather(float *restrict dst, const float *restrict src, i64 n, i
         for (i64 c = 0; c < nc; ++c) dst[c * TILE + p] = src[p * ps + c * cs];
 }
 
+/* bfloat16: the upper half of a float32.  Widening is exact; narrowing rounds to
+   nearest even, NaN to a quiet NaN (as torch rounds).  The 8-lane forms are macros
+   (statement expressions), not functions: without AVX, gcc notes (-Wpsabi) every
+   32-byte vector passed by value. */
+typedef uint16_t bf16;
+typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
+typedef uint32_t v8u __attribute__((vector_size(32), aligned(4)));
+
+#define LOAD8_BF16(p) \
+    ({ \
+        const v8h h_ = *(const v8h *)(p); \
+        (v8f)(__builtin_convertvector(h_, v8u) << 16); \
+    })
+#define STORE8_BF16(p, value) \
+    do { \
+        const v8f v_ = (value); \
+        const v8u u_ = (v8u)v_, nan_ = (v8u)(v_ != v_); \
+        v8u r_ = (u_ + 0x7FFFu + ((u_ >> 16) & 1u)) >> 16; \
+        r_ = (r_ & ~nan_) | (nan_ & 0x7FC0u); \
+        *(v8h *)(p) = __builtin_convertvector(r_, v8h); \
+    } while (0)
+/* 8 floats of x (float32 or bf16 as xbf says) at element i; the same for cols. */
+#define LOAD8(x, i, xbf) \
+    ((xbf) ? LOAD8_BF16((const bf16 *)(x) + (i)) : *(const v8f *)((const float *)(x) + (i)))
+#define STORE8(cols, i, value, cbf) \
+    do { \
+        if (cbf) \
+            STORE8_BF16((bf16 *)(cols) + (i), value); \
+        else \
+            *(v8f *)((float *)(cols) + (i)) = (value); \
+    } while (0)
+
+static inline float load1(const void *x, i64 i, const int xbf) {
+    if (!xbf) return ((const float *)x)[i];
+    const uint32_t u = (uint32_t)((const bf16 *)x)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline void store1(void *cols, i64 i, float f, const int cbf) {
+    if (!cbf) {
+        ((float *)cols)[i] = f;
+        return;
+    }
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    ((bf16 *)cols)[i] = f != f ? (bf16)0x7FC0u : (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 /* Columns of tiles [t0, t1).  Tile t covers output positions from
    (t % tiles_per_image) * TILE of image t / tiles_per_image, i.e. rows
    q = b * Ho * Wo + p of the column matrix; cols holds the rows from q_base on.
    x: element (b, channel c of group g, y, x) at b*xsb + g*xsg + (y*W + x)*xsp + c,
    i.e. each group's Cg channels adjacent: (B, G, H, W, Cg) or NHWC.
    offset (B, 2*G*KK, Ho, Wo) and mask (B, G*KK, Ho, Wo): element (b, c, position p)
-   at b*sb + c*sc + p*sp (NCHW or NHWC); cols: (rows, G, KK, Cg), mask applied. */
-void zsm_dcn_im2col(ZSM_DCN_IM2COL_PARAMS) {
+   at b*sb + c*sc + p*sp (NCHW or NHWC); cols: (rows, G, KK, Cg), mask applied.
+   x and cols are float32, or bfloat16 where xbf / cbf say (the sampling itself is
+   float32 either way); the exported functions below fix the two. */
+static inline __attribute__((always_inline)) void
+im2col(const void *restrict x, const float *restrict offset, const float *restrict mask,
+       void *restrict cols, i64 H, i64 W, i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo,
+       i64 xsb, i64 xsg, i64 xsp, i64 osb, i64 osc, i64 osp, i64 msb, i64 msc, i64 msp,
+       i64 q_base, i64 t0, i64 t1, int nthreads, const int xbf, const int cbf) {
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const i64 ntiles = (HWo + TILE - 1) / TILE;
     const int gather_o = osp != 1, gather_m = msp != 1;
@@ -164,42 +220,66 @@ void zsm_dcn_im2col(ZSM_DCN_IM2COL_PARAMS) {
             mb = mbuf;
             mc = TILE;
         }
-        float *cb = cols + (b * HWo + p0 - q_base) * K;
+        const i64 cb = (b * HWo + p0 - q_base) * K; /* the tile's first element of cols */
         tile_base(&tl, p0, n, Wo, pad);
         for (i64 g = 0; g < G; ++g) {
-            const float *xg = x + b * xsb + g * xsg;
+            const i64 xg = b * xsb + g * xsg; /* the group's first element of x */
             for (i64 i = 0; i < kh; ++i) {
                 for (i64 j = 0; j < kw; ++j) {
                     const i64 ch = g * KK + i * kw + j;
                     tile_corners(&tl, n, ob + 2 * ch * oc, ob + (2 * ch + 1) * oc, mb + ch * mc,
                                  (float)i, (float)j, H, W, xsp, 0);
-                    float *o = cb + ch * Cg;
+                    i64 o = cb + ch * Cg;
                     if (Cg == 8) { /* the common case: a row is one AVX register */
                         for (i64 p = 0; p < n; ++p, o += K)
-                            *(v8f *)o = tl.w[0][p] * *(const v8f *)(xg + tl.o[0][p])
-                                        + tl.w[1][p] * *(const v8f *)(xg + tl.o[1][p])
-                                        + tl.w[2][p] * *(const v8f *)(xg + tl.o[2][p])
-                                        + tl.w[3][p] * *(const v8f *)(xg + tl.o[3][p]);
+                            STORE8(cols, o,
+                                   tl.w[0][p] * LOAD8(x, xg + tl.o[0][p], xbf)
+                                       + tl.w[1][p] * LOAD8(x, xg + tl.o[1][p], xbf)
+                                       + tl.w[2][p] * LOAD8(x, xg + tl.o[2][p], xbf)
+                                       + tl.w[3][p] * LOAD8(x, xg + tl.o[3][p], xbf),
+                                   cbf);
                         continue;
                     }
                     for (i64 p = 0; p < n; ++p, o += K) {
                         const float a0 = tl.w[0][p], a1 = tl.w[1][p];
                         const float a2 = tl.w[2][p], a3 = tl.w[3][p];
-                        const float *r0 = xg + tl.o[0][p], *r1 = xg + tl.o[1][p];
-                        const float *r2 = xg + tl.o[2][p], *r3 = xg + tl.o[3][p];
+                        const i64 r0 = xg + tl.o[0][p], r1 = xg + tl.o[1][p];
+                        const i64 r2 = xg + tl.o[2][p], r3 = xg + tl.o[3][p];
                         i64 c = 0;
                         for (; c + 8 <= Cg; c += 8)
-                            *(v8f *)(o + c) = a0 * *(const v8f *)(r0 + c)
-                                              + a1 * *(const v8f *)(r1 + c)
-                                              + a2 * *(const v8f *)(r2 + c)
-                                              + a3 * *(const v8f *)(r3 + c);
+                            STORE8(cols, o + c,
+                                   a0 * LOAD8(x, r0 + c, xbf) + a1 * LOAD8(x, r1 + c, xbf)
+                                       + a2 * LOAD8(x, r2 + c, xbf) + a3 * LOAD8(x, r3 + c, xbf),
+                                   cbf);
                         for (; c < Cg; ++c)
-                            o[c] = a0 * r0[c] + a1 * r1[c] + a2 * r2[c] + a3 * r3[c];
+                            store1(cols, o + c,
+                                   a0 * load1(x, r0 + c, xbf) + a1 * load1(x, r1 + c, xbf)
+                                       + a2 * load1(x, r2 + c, xbf) + a3 * load1(x, r3 + c, xbf),
+                                   cbf);
                     }
                 }
             }
         }
     }
+}
+
+#define IM2COL_ARGS \
+    H, W, C, G, kh, kw, pad, Ho, Wo, xsb, xsg, xsp, osb, osc, osp, msb, msc, msp, q_base, t0, \
+        t1, nthreads
+
+/* float32 x -> float32 columns */
+void zsm_dcn_im2col(ZSM_DCN_IM2COL_PARAMS) {
+    im2col(x, offset, mask, cols, IM2COL_ARGS, 0, 0);
+}
+
+/* bfloat16 x -> bfloat16 columns (a bf16 GEMM's input), sampled in float32 */
+void zsm_dcn_im2col_bf16(ZSM_DCN_IM2COL_BF16_PARAMS) {
+    im2col(x, offset, mask, cols, IM2COL_ARGS, 1, 1);
+}
+
+/* float32 x -> bfloat16 columns */
+void zsm_dcn_im2col_f32_bf16(ZSM_DCN_IM2COL_F32_BF16_PARAMS) {
+    im2col(x, offset, mask, cols, IM2COL_ARGS, 0, 1);
 }
 
 /* 1 if built with OpenMP: the kernels then split their loops over threads
