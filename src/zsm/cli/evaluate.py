@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights",
         default=None,
         help="registered weights name or .safetensors file (default: the bundled "
-        "zsm-compact); 'none' scores the baselines only",
+        "zsm-compact-flow); 'none' scores the baselines only",
     )
     p.add_argument(
         "--baselines",

@@ -37,7 +37,7 @@ class WeightsEntry:
 
 _REGISTRY: dict[str, WeightsEntry] = {}
 
-DEFAULT_WEIGHTS = "zsm-compact"
+DEFAULT_WEIGHTS = "zsm-compact-flow"
 
 
 def register_weights(entry: WeightsEntry) -> None:
@@ -93,6 +93,23 @@ register_weights(
         metrics={
             "carphone_pristine": {"all": (27.29, 0.8492), "interpolated": (26.94, 0.8390)},
             "bikes": {"all": (31.78, 0.8926), "interpolated": (28.30, 0.8647)},
+        },
+    )
+)
+
+register_weights(
+    WeightsEntry(
+        name="zsm-compact-flow",
+        filename="zsm-compact-flow.safetensors",
+        preset="compact-flow",
+        description="Flow-guided compact Zooming Slow-Mo: zsm-compact's weights fine-tuned with "
+        "DIS-flow-guided alignment on a 2-core CPU (see MODEL_CARD.md)",
+        recipe="configs/zsm-compact-flow.toml from zsm-compact, 1,000 iterations (CPU, bf16), "
+        "EMA weights",
+        # `zsm evaluate CLIP` (Y-PSNR dB, Y-SSIM), all frames, no border crop.
+        metrics={
+            "carphone_pristine": {"all": (27.53, 0.8567), "interpolated": (27.30, 0.8514)},
+            "bikes": {"all": (32.20, 0.8967), "interpolated": (29.15, 0.8724)},
         },
     )
 )
