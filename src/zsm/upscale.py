@@ -94,14 +94,7 @@ def build_pipeline(
     ``changes`` are option overrides (``window=8``); see :class:`UpscaleOptions`.
     """
     options = UpscaleOptions.of(options, **changes)
-    plan = WindowPlan.fitted(options.window, options.window_overlap)
-    if options.window_overlap is not None and plan.overlap < options.window_overlap:
-        log.warning(
-            "zsm: a window of %d frames allows an overlap of at most %d; using %d",
-            options.window,
-            plan.overlap,
-            plan.overlap,
-        )
+    plan = WindowPlan.fitted_warning(options.window, options.window_overlap)
     dev = resolve_device(options.device)
     if model is None:
         model = load_model(options.weights_name, device=dev)

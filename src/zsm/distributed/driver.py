@@ -102,14 +102,7 @@ def upscale_on_cluster(
     """
     started = time.monotonic()
     assert options.ray is not None
-    plan = WindowPlan.fitted(options.window, options.window_overlap)
-    if options.window_overlap is not None and plan.overlap < options.window_overlap:
-        log.warning(
-            "zsm: a window of %d frames allows an overlap of at most %d; using %d",
-            options.window,
-            plan.overlap,
-            plan.overlap,
-        )
+    plan = WindowPlan.fitted_warning(options.window, options.window_overlap)
     weights_path = resolve_weights(options.weights_name) if model is None else None
     result = BatchResult()
     jobs: list[_Job] = []

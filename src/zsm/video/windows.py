@@ -20,11 +20,14 @@ reproduces an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("zsm")
 
 DEFAULT_WINDOW = 12
 DEFAULT_WINDOW_OVERLAP = 2
@@ -78,6 +81,19 @@ class WindowPlan:
         if size < 2:
             raise ValueError(f"window must hold at least 2 input frames, got {size}")
         return cls(size=size, overlap=max(0, min(want, (size - 2) // 2)))
+
+    @classmethod
+    def fitted_warning(cls, size: int, overlap: int | None = None) -> WindowPlan:
+        """:meth:`fitted`, with one warning when the overlap asked for had to be reduced."""
+        plan = cls.fitted(size, overlap)
+        if overlap is not None and plan.overlap < overlap:
+            log.warning(
+                "zsm: a window of %d frames allows an overlap of at most %d; using %d",
+                size,
+                plan.overlap,
+                plan.overlap,
+            )
+        return plan
 
     @property
     def stride(self) -> int:
