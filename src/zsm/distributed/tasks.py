@@ -34,8 +34,8 @@ from zsm.errors import InputError, OutputError
 from zsm.options import UpscaleOptions
 from zsm.upscale import ModelLike, build_pipeline
 from zsm.video.encode import EncodeSettings, VideoWriter, segment_format
-from zsm.video.io import VideoInfo, frame_name, iter_frames, write_png
-from zsm.video.pipeline import output_frames
+from zsm.video.io import VideoInfo, iter_frames
+from zsm.video.job import write_window
 from zsm.video.windows import WindowPlan
 
 MAX_RETRIES = 3  # attempts after the first when a task's worker or node dies
@@ -132,14 +132,14 @@ def run_segment(
                         f"{spec.info.path} ended after {win.stop} frames, before its stated "
                         f"{spec.frames}; re-encode it (or run without --ray)"
                     )
-                for index, frame in output_frames(win, chunk, time_factor=options.time_factor):
-                    if index != next_frame:
-                        raise RuntimeError(f"output frame {index} != expected {next_frame}")
-                    if writer is not None:
-                        writer.write(frame.numpy())
-                    else:
-                        write_png(part / frame_name(index), frame.numpy())
-                    next_frame += 1
+                next_frame = write_window(
+                    win,
+                    chunk,
+                    next_frame,
+                    time_factor=options.time_factor,
+                    writer=writer,
+                    folder=part,
+                )
                 del chunk
                 end_window, n_in = win.index + 1, win.stop
                 if report is not None:

@@ -150,14 +150,14 @@ class UpscaleJob:
     ) -> int:
         """Write one window's frames; returns the index of the next output frame."""
         first = next_frame
-        for index, frame in output_frames(win, chunk, time_factor=self.time_factor):
-            if index != next_frame:
-                raise RuntimeError(f"output frame {index} != expected {next_frame}")
-            if writer is not None:
-                writer.write(frame.numpy())
-            else:
-                write_png(self.work.path / "frames" / frame_name(index), frame.numpy())
-            next_frame += 1
+        next_frame = write_window(
+            win,
+            chunk,
+            next_frame,
+            time_factor=self.time_factor,
+            writer=writer,
+            folder=self.work.path / "frames",
+        )
         bar.update(next_frame - first)
         return next_frame
 
@@ -220,3 +220,25 @@ def install_folder(frames_dir: Path, dst: Path) -> None:
         raise OutputError(describe_os_error(exc, dst)) from exc
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_window(
+    win: Window,
+    chunk: torch.Tensor,
+    next_frame: int,
+    *,
+    time_factor: int,
+    writer: VideoWriter | None,
+    folder: Path,
+) -> int:
+    """Write one window's output frames, in order, to ``writer`` (else as PNGs into
+    ``folder``), checking they continue at ``next_frame``; returns the next index."""
+    for index, frame in output_frames(win, chunk, time_factor=time_factor):
+        if index != next_frame:
+            raise RuntimeError(f"output frame {index} != expected {next_frame}")
+        if writer is not None:
+            writer.write(frame.numpy())
+        else:
+            write_png(folder / frame_name(index), frame.numpy())
+        next_frame += 1
+    return next_frame
