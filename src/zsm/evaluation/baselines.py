@@ -29,12 +29,10 @@ from typing import Protocol
 import cv2
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from zsm.data.degrade import SCALE, bicubic_upscale
-from zsm.models.config import MULTIPLE
+from zsm.models.zsm import flow_skip_at
 from zsm.ops.flow import DISFlow
-from zsm.ops.warp import blend_at_time, resize_flow
 
 DEFAULT_TIME_FACTOR = 2  # one frame halfway between inputs, as Zooming Slow-Mo makes
 
@@ -135,45 +133,21 @@ def bicubic_flow_lr(
         yield _to_uint8(_upscale(b))
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad H and W of (B, n, C, H, W) up to multiples of ``multiple``, as the
-    network pads its input (bottom and right)."""
-    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    if ph == 0 and pw == 0:
-        return x
-    b, n = x.shape[:2]
-    return F.pad(x.flatten(0, 1), (0, pw, 0, ph), mode="replicate").unflatten(0, (b, n))
-
-
 def flow_lr_at_times(
     frame0: np.ndarray, frame1: np.ndarray, times: Sequence[float], *, dis: DISFlow | None = None
 ) -> list[np.ndarray]:
     """The frames at ``times`` in (0, 1) between two uint8 LR frames (h, w, 3), as float64
-    (4h, 4w, 3) in 0..255, unrounded: the frames enlarged with PyTorch's bicubic, warped
-    along their LR DIS flow enlarged x4 and blended (:func:`zsm.ops.warp.blend_at_time`).
-
-    The same operations, padded and cropped alike, as the flow-guided network's global
-    skip (:func:`zsm.models.zsm.flow_skip`), which this equals at t = 1/2.
+    (4h, 4w, 3) in 0..255, unrounded: the flow-guided network's global skip at each t
+    (:func:`zsm.models.zsm.flow_skip_at`): the frames enlarged with PyTorch's bicubic,
+    warped along their LR DIS flow enlarged x4 and blended (:func:`zsm.ops.warp.blend_at_time`).
     """
     for t in times:
         _check_time(t)
-    h, w = frame0.shape[:2]
     dis = dis or DISFlow()
     pair = torch.from_numpy(np.stack((frame0, frame1))).permute(0, 3, 1, 2).float().div_(255.0)
-    x = _pad_to_multiple(pair[None], MULTIPLE)  # (1, 2, 3, H, W)
-    flow = _pad_to_multiple(
-        torch.from_numpy(dis.pair(frame0, frame1))[None, None].float(), MULTIPLE
-    )
-    up = F.interpolate(x.flatten(0, 1), scale_factor=SCALE, mode="bicubic", align_corners=False)
-    up = up.unflatten(0, (1, 2))  # (1, 2, 3, 4H, 4W)
-    hr01 = resize_flow(flow[:, :, 0:2].flatten(0, 1), SCALE)  # (1, 2, 4H, 4W), HR pixels
-    hr10 = resize_flow(flow[:, :, 2:4].flatten(0, 1), SCALE)
-    first, second = up[:, :-1].flatten(0, 1).float(), up[:, 1:].flatten(0, 1).float()
-    out = []
-    for t in times:
-        image = blend_at_time(first, second, hr01, hr10, t)[0, :, : SCALE * h, : SCALE * w]
-        out.append(image.permute(1, 2, 0).double().mul_(255.0).numpy())
-    return out
+    flow = torch.from_numpy(dis.pair(frame0, frame1))[None, None]
+    frames = flow_skip_at(pair[None], flow, times)
+    return [f[0, 0].permute(1, 2, 0).double().mul_(255.0).numpy() for f in frames]
 
 
 BASELINES: dict[str, Baseline] = {

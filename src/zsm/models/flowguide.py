@@ -10,6 +10,8 @@ flow below is derived from the pair's two under locally constant motion
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from zsm.models.config import SCALE
@@ -72,9 +74,19 @@ def add_flow_skip_(
 def flow_skip_mids(up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor) -> torch.Tensor:
     """The in-between frames of the flow skip: (B, n-1, 3, sH, sW) from the enlarged frames
     ``up`` (B, n, 3, sH, sW) and the LR flows, enlarged to ``up``'s size."""
+    return flow_skip_at(up, f01, f10, (MID,))[0]
+
+
+def flow_skip_at(
+    up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor, times: Sequence[float]
+) -> list[torch.Tensor]:
+    """The flow skip's frames at each of ``times`` in (0, 1) between neighbours: one
+    (B, n-1, 3, sH, sW) per time, the flows enlarged once for all of them."""
     b, pairs = f01.shape[:2]
     hr01 = resize_flow(f01.flatten(0, 1), SCALE)
     hr10 = resize_flow(f10.flatten(0, 1), SCALE)
-    first, second = up[:, :-1].flatten(0, 1), up[:, 1:].flatten(0, 1)
-    mids = blend_at_time(first.float(), second.float(), hr01, hr10, MID)
-    return mids.to(up.dtype).unflatten(0, (b, pairs))
+    first, second = up[:, :-1].flatten(0, 1).float(), up[:, 1:].flatten(0, 1).float()
+    return [
+        blend_at_time(first, second, hr01, hr10, t).to(up.dtype).unflatten(0, (b, pairs))
+        for t in times
+    ]

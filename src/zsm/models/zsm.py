@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -12,6 +14,7 @@ from zsm.models.deform import ModulatedDeformConv2d
 from zsm.models.descriptor import ModelDescriptor
 from zsm.models.extract import FeatureExtractor
 from zsm.models.flowguide import add_flow_skip_, check_flow, mid_flows, split, state_flows
+from zsm.models.flowguide import flow_skip_at as _skip_frames_at
 from zsm.models.interp import FeatureInterpolation
 from zsm.models.reconstruct import Reconstructor
 from zsm.models.sequence import flatten_frames, seq_op
@@ -179,13 +182,30 @@ def flow_skip(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     the bicubic x4 of each input interleaved with the occlusion-aware flow
     blend of each neighbouring pair, padded and cropped as inside the network.
     """
+    up, (mids,) = _flow_skip_parts(frames, flow, (0.5,))
+    return _interleave(up, mids)
+
+
+def flow_skip_at(
+    frames: torch.Tensor, flow: torch.Tensor, times: Sequence[float]
+) -> list[torch.Tensor]:
+    """The flow skip's frames at each of ``times`` in (0, 1) between neighbouring inputs:
+    one (B, n-1, 3, 4H, 4W) per time (:func:`flow_skip` holds those at 1/2)."""
+    return _flow_skip_parts(frames, flow, times)[1]
+
+
+def _flow_skip_parts(
+    frames: torch.Tensor, flow: torch.Tensor, times: Sequence[float]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The bicubic x4 of the inputs and the flow skip's frames at ``times``, padded and
+    cropped as inside the network."""
     b, n, _, h, w = _check_input(frames)
     x = _pad_to_multiple(frames, MULTIPLE)
     pair_flows = split(_pad_to_multiple(check_flow(flow, b, n, h, w), MULTIPLE))
     up = _bicubic_x4(x)
-    out = torch.zeros((b, 2 * n - 1, *up.shape[2:]), dtype=up.dtype, device=up.device)
-    add_flow_skip_(out, up, *pair_flows)
-    return out[..., : SCALE * h, : SCALE * w]
+    between = _skip_frames_at(up, *pair_flows, times)
+    crop = (..., slice(0, SCALE * h), slice(0, SCALE * w))
+    return up[crop], [frame[crop] for frame in between]
 
 
 def bicubic_skip(frames: torch.Tensor) -> torch.Tensor:
