@@ -87,9 +87,14 @@ class TrainingPairs(Dataset):
         if self.flow:
             return self._with_flow(clip, rng)
         clip = augment_clip(clip, rng, self.augment)
-        if self.static_prob and rng.random() < self.static_prob:
-            clip = np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
+        clip = self._maybe_static(clip, rng)
         return self._degrade(clip_to_tensor(clip), rng)
+
+    def _maybe_static(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """With probability ``static_prob``, the clip's middle frame repeated (no motion)."""
+        if self.static_prob and rng.random() < self.static_prob:
+            return np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
+        return clip
 
     def _with_flow(
         self, clip: np.ndarray, rng: np.random.Generator
@@ -100,16 +105,15 @@ class TrainingPairs(Dataset):
         clip = random_flip_rotate(clip[:, :h, :w], rng, flips=a.flips, rotate=a.rotate)
         if a.reverse and rng.integers(0, 2):
             clip = clip[::-1]
-        if self.static_prob and rng.random() < self.static_prob:
-            clip = np.repeat(clip[len(clip) // 2][None], len(clip), axis=0)
-        lr, hr = self._degrade(clip_to_tensor(clip), rng)
-        lh, lw = lr.shape[-2:]
+        clip = self._maybe_static(clip, rng)
+        lh, lw = clip.shape[1] // SCALE, clip.shape[2] // SCALE
         p = a.lr_patch
-        if lh < p or lw < p:
+        if lh < p or lw < p:  # before the degradation of the whole clip
             raise InputError(
                 f"frames of {lw * SCALE}x{lh * SCALE} pixels are smaller than the HR training "
                 f"patch {a.hr_patch}x{a.hr_patch}; lower data.lr_patch or the HR down-scaling"
             )
+        lr, hr = self._degrade(clip_to_tensor(clip), rng)
         if self._dis is None:
             self._dis = DISFlow()
         flow = torch.from_numpy(self._dis.clip(to_uint8_frames(lr)))
