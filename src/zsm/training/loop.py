@@ -12,6 +12,7 @@ computes and logs exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from zsm.engine.precision import autocast_dtype
 from zsm.errors import ZSMError
+from zsm.models.config import ZSMConfig
 from zsm.models.weights import load_state_strict, read_weights, save_weights
 from zsm.models.zsm import ZoomingSlowMo
 from zsm.training import checkpoint as ckpt
@@ -114,12 +116,17 @@ class Trainer:
         model = ZoomingSlowMo(cfg.model.zsm_config())
         if cfg.train.init:
             config, state, _ = read_weights(cfg.train.init)
-            if config == model.config:
-                load_state_strict(model, state, cfg.train.init)
-            elif config.flow_guided or not model.config.flow_guided:
+            # Learned offsets -> flow-guided, all else equal: same tensors, and the offset
+            # residuals start at zero so that training starts at the flow.
+            to_flow = (
+                model.config.flow_guided
+                and not config.flow_guided
+                and _sizes(config) == _sizes(model.config)
+            )
+            if config != model.config and not to_flow:
                 raise ConfigError(f"train.init weights are {config}, the model is {model.config}")
-            else:  # learned offsets -> flow-guided: same shapes, the residuals start at zero
-                load_state_strict(model, state, cfg.train.init)
+            load_state_strict(model, state, cfg.train.init)
+            if to_flow:
                 model.zero_offset_residuals_()
         for prefix in cfg.train.freeze:
             hits = [
@@ -433,6 +440,13 @@ class Trainer:
                 log.images(s.iteration, tag, torch.stack((first[mid], clips[0][1][mid])))
         log.scalars(s.iteration, **scores)
         return {k: round(v, 3) for k, v in scores.items()}
+
+
+def _sizes(config: ZSMConfig) -> dict[str, Any]:
+    """A model config's fields but those of flow guidance."""
+    fields = dataclasses.asdict(config)
+    del fields["flow_guided"], fields["max_residual"]
+    return fields
 
 
 def _seed_everything(seed: int) -> None:

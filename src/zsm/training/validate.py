@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -57,16 +59,20 @@ def validate(
 
 def bicubic_psnr_y(clips: list[ValidationClip]) -> float:
     """The classical baseline's score on the same clips: bicubic x4, mean of neighbours between."""
-    values: list[float] = []
-    for lr, hr in clips:
-        values += clip_psnr_y(bicubic_skip(lr[None])[0], hr)
-    return float(np.mean(values))
+    return _mean_psnr_y(clips, bicubic_skip)
 
 
 def flow_skip_psnr_y(clips: list[ValidationClip]) -> float:
     """The flow-guided network's skip on the same clips: bicubic x4, LR flow blend between
     (the ``bicubic-flow-lr`` baseline; what an untrained flow-guided network makes)."""
+    return _mean_psnr_y(clips, lambda lr: flow_skip(lr, frame_flows(lr)))
+
+
+def _mean_psnr_y(
+    clips: list[ValidationClip], method: Callable[[torch.Tensor], torch.Tensor]
+) -> float:
+    """Mean PSNR-Y over every frame of ``method``'s output (B=1 batches) on the clips."""
     values: list[float] = []
     for lr, hr in clips:
-        values += clip_psnr_y(flow_skip(lr[None], frame_flows(lr[None]))[0], hr)
+        values += clip_psnr_y(method(lr[None])[0], hr)
     return float(np.mean(values))
