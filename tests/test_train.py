@@ -554,3 +554,46 @@ def test_auto_amp_stays_float32_on_the_cpu(vimeo: Path, tmp_path: Path) -> None:
 
     for amp in ("auto", "off", "fp16"):
         assert Trainer(tiny(vimeo, tmp_path, amp=amp))._amp_dtype(torch.device("cpu")) is None
+
+
+# --- time factors (data.time_factors) -------------------------------------------------
+
+
+def timed_dict(out: Path, photos: Path, **train: Any) -> dict[str, Any]:
+    """A tiny flow-guided run on synthetic motion with samples at several time steps."""
+    Image.fromarray(smooth_photo(5)).save(photos / "photo.png")
+    d = tiny_dict(photos, out, iterations=2, val_every=0, **train)
+    d["model"].update(global_skip=True, flow_guided=True)
+    d["data"]["train"] = [{"kind": "synthetic", "photos": ".", "size": 4, "max_speed": 2.0}]
+    d["data"].update(time_factors=[2, 4], time_factor_weights=[0.5, 0.5])
+    d["data"].pop("val")
+    return d
+
+
+def test_time_factors_reach_the_network_as_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop passes each batch's times (B, n-1, 1) to the network as ``times=``; a stub
+    network stands in for a time-conditioned one here (it ignores them)."""
+    from zsm.training import loop
+
+    seen: list[torch.Tensor] = []
+
+    class TimedStub(zsm.ZoomingSlowMo):
+        def __init__(self, config: zsm.ZSMConfig) -> None:
+            super().__init__(config)
+            object.__setattr__(self.config, "time_conditioned", True)
+
+        def forward(self, frames, flow=None, times=None):  # type: ignore[override]
+            seen.append(times)
+            return super().forward(frames, flow)
+
+    data = timed_dict(tmp_path / "run", tmp_path)
+    with pytest.raises(ConfigError, match="time-conditioned network"):
+        train(TrainConfig.from_dict(data))
+    monkeypatch.setattr(loop, "ZoomingSlowMo", TimedStub)
+    result = train(TrainConfig.from_dict(data))
+    assert result.iteration == 2 and result.weights is not None
+    assert len(seen) == 2 and all(t is not None and t.shape == (2, 3, 1) for t in seen)
+    allowed = {0.25, 0.5, 0.75}
+    assert {float(v) for t in seen for v in t.flatten()} <= allowed

@@ -81,9 +81,16 @@ def random_reverse(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def augment_clip(clip: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     """Crop, flip/rotate and maybe reverse a (T, H, W, C) uint8 clip; returns a contiguous copy."""
+    return augment_clip_timed(clip, rng, config)[0]
+
+
+def augment_clip_timed(
+    clip: np.ndarray, rng: np.random.Generator, config: AugmentConfig
+) -> tuple[np.ndarray, bool]:
+    """:func:`augment_clip` (the same draws) and whether it reversed the clip in time."""
     clip = random_crop(clip, config.hr_patch, rng)
     clip = random_flip_rotate(clip, rng, flips=config.flips, rotate=config.rotate)
-    reversed_ = random_reverse(clip, rng)
-    if config.reverse:
-        clip = reversed_
-    return np.ascontiguousarray(clip)
+    backwards = bool(rng.integers(0, 2))  # drawn even when off: toggling it reshuffles nothing
+    if config.reverse and backwards:
+        clip = clip[::-1]
+    return np.ascontiguousarray(clip), config.reverse and backwards

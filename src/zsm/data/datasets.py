@@ -7,6 +7,11 @@ length). File sources ignore ``rng``; the synthetic source
 (:mod:`zsm.data.synthetic`) draws its motion from it. Degradation and
 augmentation happen later (:mod:`zsm.data.pairs`), the same way for every
 source.
+
+For training at several time steps (:mod:`zsm.data.timesteps`) a source is
+also a :class:`TimedClipSource`: ``span(index)`` tells how many consecutive
+frames clip ``index`` can reach and ``frames_at(index, offsets, rng)`` reads
+only the frames at ``offsets`` of a longer span around it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +46,43 @@ class ClipSource(Protocol):
     def clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """Clip ``index`` as uint8 (T, H, W, 3)."""
         ...
+
+
+@runtime_checkable
+class TimedClipSource(ClipSource, Protocol):
+    """A clip source that also reads spans longer than its clips, frame by chosen frame.
+
+    ``span(index)``: the most consecutive frames a span of clip ``index`` can
+    cover (``None``: any number, for rendered sources). ``frames_at(index,
+    offsets, rng)``: the frames at ``offsets`` (increasing, from 0) of a span of
+    ``offsets[-1] + 1`` frames placed around clip ``index`` (file sources spread
+    the spans' starts evenly over those that fit, see :func:`span_start`); with
+    ``offsets = range(length)`` it is ``clip(index, rng)``.
+    """
+
+    def span(self, index: int) -> int | None: ...
+
+    def frames_at(
+        self, index: int, offsets: Sequence[int], rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+
+def span_start(start: int, frames: int, length: int, span: int, where: str) -> int:
+    """Where a span of ``span`` frames begins for the clip of ``length`` frames at ``start``
+    in a sequence of ``frames``: ``start`` scaled from 0..frames-length to 0..frames-span, so
+    that the windows of a source cover its sequence evenly at every span."""
+    if span > frames:
+        raise IndexError(f"a span of {span} frames does not fit the {frames} frames of {where}")
+    if frames == length:
+        return 0
+    return start * (frames - span) // (frames - length)
+
+
+def _check_offsets(offsets: Sequence[int]) -> list[int]:
+    out = [int(o) for o in offsets]
+    if not out or out[0] < 0 or any(b <= a for a, b in pairwise(out)):
+        raise ValueError(f"frame offsets must be increasing from >= 0, got {out}")
+    return out
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -120,6 +163,22 @@ class VimeoSeptuplets:
         frames = range(first, first + self.length)
         return _stack([read_image(folder / f"im{i}.png") for i in frames], str(folder))
 
+    def span(self, index: int) -> int:
+        return CLIP_LENGTH
+
+    def frames_at(
+        self, index: int, offsets: Sequence[int], rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """The frames at ``offsets`` of a span at an offset in the septuplet drawn from ``rng``."""
+        name = self.names[_check_index(index, len(self), "Vimeo-90K")]
+        folder = self.root / "sequences" / name
+        offsets = _check_offsets(offsets)
+        span = offsets[-1] + 1
+        if span > CLIP_LENGTH:
+            raise IndexError(f"a span of {span} frames does not fit a septuplet ({folder})")
+        first = 1 + (int(rng.integers(0, CLIP_LENGTH - span + 1)) if rng else 0)
+        return _stack([read_image(folder / f"im{first + o}.png") for o in offsets], str(folder))
+
 
 # --- Vid4-style frame folders ---------------------------------------------------------
 
@@ -189,6 +248,19 @@ class FrameFolderClips:
         w = self.windows[_check_index(index, len(self), "frame-folder")]
         paths = self.frames[w.clip][w.start : w.start + self.length]
         return _stack([read_image(p) for p in paths], str(paths[0].parent))
+
+    def span(self, index: int) -> int:
+        return len(self.frames[self.windows[_check_index(index, len(self), "frame-folder")].clip])
+
+    def frames_at(
+        self, index: int, offsets: Sequence[int], rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """The frames at ``offsets`` of a span around window ``index`` (only those are read)."""
+        w = self.windows[_check_index(index, len(self), "frame-folder")]
+        frames, offsets = self.frames[w.clip], _check_offsets(offsets)
+        where = str(frames[0].parent)
+        first = span_start(w.start, len(frames), self.length, offsets[-1] + 1, where)
+        return _stack([read_image(frames[first + o]) for o in offsets], where)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -288,6 +360,24 @@ class VideoFolderClips:
             return self._cache[w.clip][w.start : w.start + self.length].copy()
         return decode_frames(self.videos[w.clip], w.start, self.length)
 
+    def span(self, index: int) -> int:
+        return len(self.videos[self.windows[_check_index(index, len(self), "video")].clip].pts)
+
+    def frames_at(
+        self, index: int, offsets: Sequence[int], rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """The frames at ``offsets`` of a span around window ``index``: the span is decoded,
+        only these frames are converted to RGB (or taken from the cache)."""
+        w = self.windows[_check_index(index, len(self), "video")]
+        info, offsets = self.videos[w.clip], _check_offsets(offsets)
+        span = offsets[-1] + 1
+        first = span_start(w.start, len(info.pts), self.length, span, str(info.path))
+        if w.clip in self._cacheable:
+            if w.clip not in self._cache:
+                self._cache[w.clip] = decode_frames(info, 0, len(info.pts))
+            return self._cache[w.clip][[first + o for o in offsets]]
+        return decode_frames(info, first, span, keep=offsets)
+
 
 def _video_files(root: Path | str | Sequence[Path | str]) -> list[Path]:
     if isinstance(root, (str, Path)):
@@ -341,17 +431,23 @@ def _probe(path: Path, frames: tuple[int | None, int | None] | None, hr_scale: f
     return _VideoInfo(path, pts[start:stop], start, w, h)
 
 
-def decode_frames(info: _VideoInfo, start: int, count: int) -> np.ndarray:
+def decode_frames(
+    info: _VideoInfo, start: int, count: int, *, keep: Sequence[int] | None = None
+) -> np.ndarray:
     """Frames ``start .. start+count-1`` (of those in use) as uint8 (count, H, W, 3).
 
     Seeks to the key frame at or before the first one, decodes forward and
-    keeps the frames whose timestamps are wanted.
+    keeps the frames whose timestamps are wanted. ``keep``: only the frames at
+    these positions of the ``count`` are converted to RGB and returned, in order.
     """
     import av
 
     wanted = info.pts[start : start + count]
     if len(wanted) != count:
         raise IndexError(f"frames {start}..{start + count - 1} out of range in {info.path}")
+    kept = set(range(count) if keep is None else keep)
+    count = max(kept) + 1  # nothing after the last kept frame is decoded
+    seen = 0
     out: list[np.ndarray] = []
     with _open(info.path) as container:
         stream = container.streams.video[0]
@@ -361,14 +457,16 @@ def decode_frames(info: _VideoInfo, start: int, count: int) -> np.ndarray:
             for frame in container.decode(stream):
                 if frame.pts is None or frame.pts < wanted[0]:
                     continue
-                out.append(_to_rgb(frame, info))
-                if len(out) == count:
+                if seen in kept:
+                    out.append(_to_rgb(frame, info))
+                seen += 1
+                if seen == count:
                     break
         except av.error.FFmpegError as exc:
             raise InputError(f"cannot decode {info.path}: {exc}") from exc
-    if len(out) != count:
+    if seen != count:
         raise InputError(
-            f"{info.path}: decoded {len(out)} of {count} frames from timestamp {wanted[0]} "
+            f"{info.path}: decoded {seen} of {count} frames from timestamp {wanted[0]} "
             f"({Fraction(wanted[0]) * stream.time_base} s)"
         )
     return np.stack(out)
@@ -406,7 +504,25 @@ class ConcatSources:
         return f"ConcatSources({self.sources!r})"
 
     def clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        k, local = self._locate(index)
+        return self.sources[k].clip(local, rng)
+
+    def span(self, index: int) -> int | None:
+        k, local = self._locate(index)
+        return _timed(self.sources[k]).span(local)
+
+    def frames_at(self, index: int, offsets: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+        k, local = self._locate(index)
+        return _timed(self.sources[k]).frames_at(local, offsets, rng)
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(which source, index in it) of combined index ``index``."""
         index = _check_index(index, len(self), "combined")
         k = bisect.bisect_right(self._ends, index)
-        offset = int(self._ends[k - 1]) if k else 0
-        return self.sources[k].clip(index - offset, rng)
+        return k, index - (int(self._ends[k - 1]) if k else 0)
+
+
+def _timed(source: ClipSource) -> TimedClipSource:
+    if not isinstance(source, TimedClipSource):
+        raise InputError(f"{source!r} cannot read clips at several time steps")
+    return source

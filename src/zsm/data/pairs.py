@@ -11,6 +11,13 @@ optical flow of every neighbouring input pair is computed on the *whole*
 degraded frames of the clip and then cropped with the patch, so that the
 network learns motions larger than its patch; flips, rotation and reversal
 then come before the crop and the degradation runs on whole frames.
+
+With time factors (``times``, :class:`~zsm.data.timesteps.TimeFactors`) each
+sample first draws its factor N and in-between steps, reads only its 2n-1
+target frames from a span of (n-1)*N+1 (:mod:`zsm.data.timesteps`), and ends
+with the float32 times (n-1, 1) of its in-between targets: ``(lr, hr, times)``,
+or ``(lr, hr, flow, times)``. A reversed clip maps every t to 1 - t and
+reverses the gaps. Without them a sample is what it always was, draw for draw.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zsm.data.augment import SCALE, AugmentConfig, augment_clip, random_flip_rotate
-from zsm.data.datasets import ClipSource
+from zsm.data.augment import SCALE, AugmentConfig, augment_clip_timed, random_flip_rotate
+from zsm.data.datasets import ClipSource, TimedClipSource
 from zsm.data.degrade import make_lr_clip
+from zsm.data.timesteps import TimeFactors
 from zsm.errors import InputError
 from zsm.ops.flow import DISFlow, to_uint8_frames
 
@@ -53,7 +61,9 @@ class TrainingPairs(Dataset):
 
     ``static_prob``: with this probability the clip is replaced by its middle
     frame repeated (no motion), a single-image SR curriculum for the extractor
-    and reconstructor.
+    and reconstructor. ``flow``: with the LR flow (n-1, 4, p, p) after ``hr``;
+    ``times``: samples at several time steps, with their times (n-1, 1) last
+    (the source must be a :class:`~zsm.data.datasets.TimedClipSource`).
     """
 
     def __init__(
@@ -64,10 +74,14 @@ class TrainingPairs(Dataset):
         degrade: DegradeConfig | None = None,
         static_prob: float = 0.0,
         flow: bool = False,
+        times: TimeFactors | None = None,
     ) -> None:
-        if source.length % 2 == 0:
+        if times is None and source.length % 2 == 0:
             raise ValueError(f"clips need an odd number of frames, got {source.length}")
+        if times is not None and not isinstance(source, TimedClipSource):
+            raise InputError(f"{source!r} cannot read clips at several time steps")
         self.source = source
+        self.times = times
         self.augment = augment or AugmentConfig()
         self.degrade = degrade or DegradeConfig()
         self.static_prob = static_prob
@@ -83,12 +97,22 @@ class TrainingPairs(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = key
         rng = np.random.default_rng(seed)
-        clip = self.source.clip(index, rng)
+        plan = None
+        if self.times is None:
+            clip = self.source.clip(index, rng)
+        else:
+            source: TimedClipSource = self.source  # type: ignore[assignment]
+            plan = self.times.draw(rng, source.span(index))
+            clip = source.frames_at(index, plan.offsets, rng)
         if self.flow:
-            return self._with_flow(clip, rng)
-        clip = augment_clip(clip, rng, self.augment)
-        clip = self._maybe_static(clip, rng)
-        return self._degrade(clip_to_tensor(clip), rng)
+            sample, backwards = self._with_flow(clip, rng)
+        else:
+            clip, backwards = augment_clip_timed(clip, rng, self.augment)
+            clip = self._maybe_static(clip, rng)
+            sample = self._degrade(clip_to_tensor(clip), rng)
+        if plan is None:
+            return sample
+        return (*sample, (plan.reversed() if backwards else plan).times())
 
     def _maybe_static(self, clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """With probability ``static_prob``, the clip's middle frame repeated (no motion)."""
@@ -98,12 +122,14 @@ class TrainingPairs(Dataset):
 
     def _with_flow(
         self, clip: np.ndarray, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lr, hr, flow (n-1, 4, p, p)): degraded and flow-estimated whole, then cropped."""
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], bool]:
+        """(lr, hr, flow (n-1, 4, p, p)), degraded and flow-estimated whole, then cropped;
+        and whether the clip was reversed."""
         a = self.augment
         h, w = (clip.shape[1] // SCALE) * SCALE, (clip.shape[2] // SCALE) * SCALE
         clip = random_flip_rotate(clip[:, :h, :w], rng, flips=a.flips, rotate=a.rotate)
-        if a.reverse and rng.integers(0, 2):
+        backwards = bool(a.reverse and rng.integers(0, 2))
+        if backwards:
             clip = clip[::-1]
         clip = self._maybe_static(clip, rng)
         lh, lw = clip.shape[1] // SCALE, clip.shape[2] // SCALE
@@ -120,11 +146,12 @@ class TrainingPairs(Dataset):
         top, left = int(rng.integers(0, lh - p + 1)), int(rng.integers(0, lw - p + 1))
         ys, xs = slice(top, top + p), slice(left, left + p)
         hys, hxs = slice(SCALE * top, SCALE * (top + p)), slice(SCALE * left, SCALE * (left + p))
-        return (
+        crops = (
             lr[..., ys, xs].contiguous(),
             hr[..., hys, hxs].contiguous(),
             flow[..., ys, xs].contiguous(),
         )
+        return crops, backwards
 
     def _degrade(
         self, hr: torch.Tensor, rng: np.random.Generator

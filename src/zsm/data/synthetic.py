@@ -6,6 +6,11 @@ in time, so velocity changes smoothly), with a few occluding patches cut from
 other photos moving on their own smooth trajectories in front of it. Frames
 are rendered directly at the HR patch size by bicubic sampling with
 :func:`torch.nn.functional.grid_sample` and rounded to uint8 like real video.
+
+The trajectories are continuous in time, so :meth:`SyntheticMotion.frames_at`
+renders any instants of them exactly: training at several time steps
+(:mod:`zsm.data.timesteps`) gets its in-between targets at t = j/N as renders,
+not as resamples of neighbouring frames.
 """
 
 from __future__ import annotations
@@ -93,8 +98,27 @@ class SyntheticMotion:
         return f"SyntheticMotion({len(self.photos)} photos, {self.size} clips, {self.frame_size})"
 
     def clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        return self._render_at(index, rng, np.arange(self.length))
+
+    def span(self, index: int) -> None:
+        """Any span: a rendered clip has frames at every instant."""
+        return None
+
+    def frames_at(self, index: int, offsets: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+        """The clip's motion rendered at ``offsets`` of a span of ``offsets[-1] + 1`` frames
+        laid over the clip's ``length``: the same motion, finer in time. Offset o is frame
+        position ``o * (length - 1) / offsets[-1]``, fractional ones exact renders; the
+        same ``rng`` gives the frames of ``clip`` at the integer positions."""
+        last = int(offsets[-1])
+        positions = np.asarray(offsets, dtype=np.float64)
+        if last > 0:
+            positions = positions * ((self.length - 1) / last)
+        return self._render_at(index, rng, positions)
+
+    def _render_at(self, index: int, rng: np.random.Generator, positions: np.ndarray) -> np.ndarray:
+        """Frames at ``positions`` (frame units of the clip, 0..length-1) of clip ``index``."""
         h, w = self.frame_size
-        t = self.length
+        t = Timeline(self.length, positions)
         m = self.motion
         photo = self._tensors[index % len(self.photos)]
         frames = _render(photo, _camera_path(rng, photo.shape[-2:], (h, w), t, m), (h, w))
@@ -153,12 +177,33 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)  # (3, H, W)
 
 
-def _quadratic(rng: np.random.Generator, speed: float, accel: float, n: int) -> np.ndarray:
-    """Offsets over n frames of a smooth 1-D motion: v*s + a*s^2, s centred on the clip."""
-    s = np.arange(n) - (n - 1) / 2
+@dataclass(frozen=True)
+class Timeline:
+    """A clip of ``length`` frames, rendered at ``positions`` (frame units, 0..length-1)."""
+
+    length: int
+    positions: np.ndarray
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The clip's own frames 0..length-1 (what keeps the view inside the photo)."""
+        return np.arange(self.length)
+
+
+def _quadratic(
+    rng: np.random.Generator, speed: float, accel: float, t: Timeline
+) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth 1-D motion v*s + a*s^2 (s centred on the clip) drawn from ``rng``: its
+    offsets at ``t.positions`` and at the clip's frames ``t.grid``."""
+    n = t.length
     v = rng.uniform(-speed, speed)
     a = rng.uniform(-accel, accel) * speed / max(n - 1, 1)
-    return v * s + a * s**2
+
+    def at(x: np.ndarray) -> np.ndarray:
+        s = x - (n - 1) / 2
+        return v * s + a * s**2
+
+    return at(t.positions), at(t.grid)
 
 
 @dataclass(frozen=True)
@@ -175,18 +220,20 @@ def _camera_path(
     rng: np.random.Generator,
     src_hw: tuple[int, int],
     out_hw: tuple[int, int],
-    n: int,
+    t: Timeline,
     m: MotionConfig,
 ) -> _Path:
-    dx = _quadratic(rng, m.max_speed, m.max_accel, n)
-    dy = _quadratic(rng, m.max_speed, m.max_accel, n)
-    angle = np.deg2rad(rng.uniform(-180, 180) + _quadratic(rng, m.max_rotation, m.max_accel, n))
-    zoom = np.exp(np.log(rng.uniform(0.8, 1.25)) + _quadratic(rng, m.max_zoom, m.max_accel, n))
+    dx, grid_dx = _quadratic(rng, m.max_speed, m.max_accel, t)
+    dy, grid_dy = _quadratic(rng, m.max_speed, m.max_accel, t)
+    angle = np.deg2rad(rng.uniform(-180, 180) + _quadratic(rng, m.max_rotation, m.max_accel, t)[0])
+    log_zoom = np.log(rng.uniform(0.8, 1.25))
+    zoom, grid_zoom = (np.exp(log_zoom + z) for z in _quadratic(rng, m.max_zoom, m.max_accel, t))
     # Keep the rotated view inside the photo where it can; reflection padding covers the rest.
-    reach = 0.5 * math.hypot(*out_hw) * float(zoom.max())
+    # Judged on the clip's frames, so that rendering other instants keeps the same path.
+    reach = 0.5 * math.hypot(*out_hw) * float(grid_zoom.max())
     sh, sw = src_hw
-    cx = _centre(rng, sw, reach, dx) + dx
-    cy = _centre(rng, sh, reach, dy) + dy
+    cx = _centre(rng, sw, reach, grid_dx) + dx
+    cy = _centre(rng, sh, reach, grid_dy) + dy
     return _Path(cx, cy, angle, zoom)
 
 
@@ -221,17 +268,18 @@ def _occluder_path(
     rng: np.random.Generator,
     patch_hw: tuple[int, int],
     out_hw: tuple[int, int],
-    n: int,
+    t: Timeline,
     m: MotionConfig,
 ) -> _Path:
     """Where the patch centre goes: inverse map from output pixels to patch pixels."""
     h, w = out_hw
     ph, pw = patch_hw
     # Position of the patch centre in output pixels; it moves, the output frame stays.
-    px = rng.uniform(0, w) + _quadratic(rng, m.occluder_speed, m.max_accel, n)
-    py = rng.uniform(0, h) + _quadratic(rng, m.occluder_speed, m.max_accel, n)
-    angle = np.deg2rad(rng.uniform(-30, 30) + _quadratic(rng, 2 * m.max_rotation, m.max_accel, n))
-    zoom = np.full(n, 1.0)
+    px = rng.uniform(0, w) + _quadratic(rng, m.occluder_speed, m.max_accel, t)[0]
+    py = rng.uniform(0, h) + _quadratic(rng, m.occluder_speed, m.max_accel, t)[0]
+    tilt = rng.uniform(-30, 30)
+    angle = np.deg2rad(tilt + _quadratic(rng, 2 * m.max_rotation, m.max_accel, t)[0])
+    zoom = np.full(len(t.positions), 1.0)
     # _render maps output pixel p to source pixel c + zoom * R(angle) (p - out_centre);
     # shift the centre so that output point (px, py) lands on the patch centre.
     cos, sin = np.cos(angle), np.sin(angle)

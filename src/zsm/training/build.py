@@ -15,6 +15,11 @@ Validation tables take the same keys plus ``crop`` (side of the HR centre
 crop, 0 = whole frame) and ``windows`` (how many 7-frame windows, evenly
 spread over the source, are scored). ``[[data.val]]`` lists several (e.g. a
 held-out video and synthetic fast motion): their windows are scored together.
+
+With ``data.time_factors`` every training source is built with clips of the
+smallest factor's span (:mod:`zsm.data.timesteps`), and
+:func:`build_validation_at` gives the same validation windows at one time
+factor, every in-between frame a target.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from zsm.data.augment import AugmentConfig
 from zsm.data.datasets import (
@@ -31,14 +37,16 @@ from zsm.data.datasets import (
     ClipSource,
     ConcatSources,
     FrameFolderClips,
+    TimedClipSource,
     VideoFolderClips,
     VimeoSeptuplets,
 )
 from zsm.data.degrade import make_lr_clip
 from zsm.data.pairs import DegradeConfig, TrainingPairs, clip_to_tensor
 from zsm.data.synthetic import MotionConfig, SyntheticMotion, load_photos
-from zsm.training.config import ConfigError, DataSection, val_tables
-from zsm.training.validate import ValidationClip
+from zsm.errors import InputError
+from zsm.training.config import ConfigError, DataSection, time_factors, val_tables
+from zsm.training.validate import TimedValidationClip, ValidationClip
 
 
 def _path(value: Any, root: Path) -> Path:
@@ -112,29 +120,82 @@ def build_training_set(data: DataSection, *, flow: bool = False) -> TrainingPair
     augment = AugmentConfig(
         lr_patch=data.lr_patch, flips=data.flips, rotate=data.rotate, reverse=data.reverse
     )
-    sources = [
-        build_source(
-            s,
-            root=root,
-            frame_size=augment.hr_patch,
-            length=data.clip_frames,
-            where=f"data.train[{i}]",
-        )
-        for i, s in enumerate(data.train)
-    ]
+    times = time_factors(data)
+    length = data.clip_frames if times is None else times.min_span
+    sources = []
+    for i, spec in enumerate(data.train):
+        where = f"data.train[{i}]"
+        try:
+            source = build_source(
+                spec, root=root, frame_size=augment.hr_patch, length=length, where=where
+            )
+        except (InputError, ValueError) as exc:
+            if times is None:
+                raise
+            raise ConfigError(
+                f"{where}: {exc} (data.time_factors {list(times.factors)} with "
+                f"{times.inputs} inputs need clips of at least {length} frames)"
+            ) from exc
+        if times is not None and not isinstance(source, TimedClipSource):
+            raise ConfigError(f"{where}: {source!r} cannot read clips at several time steps")
+        sources.append(source)
     source = sources[0] if len(sources) == 1 else ConcatSources(sources)
     jpeg = tuple(data.jpeg_quality) if data.jpeg_quality else None
     degrade = DegradeConfig(
         noise_sigma=data.noise_sigma, jpeg_quality=jpeg, jpeg_prob=data.jpeg_prob
     )
     return TrainingPairs(
-        source, augment=augment, degrade=degrade, static_prob=data.static_prob, flow=flow
+        source,
+        augment=augment,
+        degrade=degrade,
+        static_prob=data.static_prob,
+        flow=flow,
+        times=times,
     )
 
 
 def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
     """The held-out clips scored during training: fixed windows, centre-cropped, degraded."""
     clips: list[ValidationClip] = []
+    for source, i, key, crop in _validation_windows(data, seed):
+        frames = source.clip(i, np.random.default_rng(key))
+        lr, hr = make_lr_clip(clip_to_tensor(_centre_crop(frames, crop)))
+        clips.append((lr.float(), hr))
+    return clips
+
+
+def build_validation_at(
+    data: DataSection, *, seed: int, factor: int, inputs: int = 4
+) -> list[TimedValidationClip]:
+    """The validation windows at time factor ``factor``: ``inputs`` frames every ``factor``-th
+    of a span of (inputs-1)*factor+1, all of them targets, and the times (inputs-1,
+    factor-1) of the in-between ones (1/factor, 2/factor, ...). A synthetic source renders
+    the same motion as in :func:`build_validation` (its inputs are those frames), finer in
+    time; a file source's span spreads over its frames (a window too short for it is an
+    error). Only even factors (the degradation keeps every other frame)."""
+    if factor < 2 or factor % 2:
+        raise ValueError(f"validation at a time factor needs an even factor, got {factor}")
+    offsets = range((inputs - 1) * factor + 1)
+    times = (torch.arange(1, factor, dtype=torch.float64) / factor).float()
+    clips: list[TimedValidationClip] = []
+    for source, i, key, crop in _validation_windows(data, seed):
+        if not isinstance(source, TimedClipSource):
+            raise ConfigError(f"{source!r} cannot read clips at several time steps")
+        try:
+            frames = source.frames_at(i, offsets, np.random.default_rng(key))
+        except IndexError as exc:
+            raise ConfigError(f"validation at time factor {factor}: {exc}") from exc
+        hr = clip_to_tensor(_centre_crop(frames, crop))
+        lr, _ = make_lr_clip(hr[:: factor // 2])  # keeps every other: every factor-th
+        clips.append((lr.float(), hr, times.repeat(inputs - 1, 1)))
+    return clips
+
+
+def _validation_windows(
+    data: DataSection, seed: int
+) -> list[tuple[ClipSource, int, list[int], int]]:
+    """(source, window index, generator key, HR crop) of every validation window."""
+    windows = []
     root = Path(data.root).expanduser()
     for n, table in enumerate(val_tables(data)):
         spec = dict(table)
@@ -150,11 +211,8 @@ def build_validation(data: DataSection, *, seed: int) -> list[ValidationClip]:
         for i in picks:
             # The first table keeps the seeds it had when only one table was allowed.
             key = [seed, int(i), 0x7A1] if n == 0 else [seed, int(i), 0x7A1, n]
-            frames = source.clip(int(i), np.random.default_rng(key))
-            hr = clip_to_tensor(_centre_crop(frames, crop))
-            lr, hr = make_lr_clip(hr)
-            clips.append((lr.float(), hr))
-    return clips
+            windows.append((source, int(i), key, crop))
+    return windows
 
 
 def _centre_crop(clip: np.ndarray, side: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zsm.data.timesteps import TimeFactors
 from zsm.errors import ZSMError
 from zsm.models.config import PRESETS, ZSMConfig
 
@@ -62,6 +63,16 @@ class DataSection:
     crop, 0 = whole frame) and ``windows`` (how many 7-frame windows to score).
     Relative paths resolve against ``root``, which itself resolves against the
     current directory.
+
+    ``time_factors`` (e.g. ``[2, 3, 4, 8]``, for a time-conditioned network):
+    each sample draws a factor N (odds ``time_factor_weights``, default equal)
+    and takes its inputs every N-th frame of a span of (n-1)*N+1 consecutive
+    frames, its targets the inputs and one frame at t = j/N per gap, j drawn
+    in 1..N-1 (:mod:`zsm.data.timesteps`). A clip too short for a factor draws
+    from those that fit; clips too short for the smallest are left out (an
+    error when a source has none). Synthetic motion renders its in-between
+    targets at t exactly, over a clip of the smallest factor's span. Absent
+    (the default), samples are exactly those of before, t = 1/2.
     """
 
     root: str = "."
@@ -78,6 +89,8 @@ class DataSection:
     jpeg_quality: list[int] | None = None  # [min, max]
     jpeg_prob: float = 1.0
     workers: int = 0
+    time_factors: list[int] | None = None  # e.g. [2, 3, 4, 8]: see the class
+    time_factor_weights: list[float] | None = None  # one per factor; default equal
 
 
 @dataclass
@@ -227,13 +240,33 @@ def validate(config: TrainConfig) -> None:
             "schedule.restart_weights must have one weight per period",
         ),
         (bool(d.train), "data.train lists no training source ([[data.train]] tables)"),
+        (
+            d.time_factor_weights is None or d.time_factors is not None,
+            "data.time_factor_weights needs data.time_factors",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    time_factors(d)
     for i, source in enumerate([*d.train, *val_tables(d)]):
         if not isinstance(source, dict) or "kind" not in source:
             raise ConfigError(f"data source #{i} needs a 'kind' key, got {source!r}")
+
+
+def time_factors(data: DataSection) -> TimeFactors | None:
+    """The time factors of ``data`` (``None`` without ``data.time_factors``)."""
+    if data.time_factors is None:
+        return None
+    weights = data.time_factor_weights
+    try:
+        return TimeFactors(
+            tuple(data.time_factors),
+            None if weights is None else tuple(float(w) for w in weights),
+            inputs=(data.clip_frames + 1) // 2,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data.time_factors: {exc}") from exc
 
 
 def val_tables(data: DataSection) -> list[dict[str, Any]]:

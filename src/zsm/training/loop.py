@@ -3,7 +3,11 @@
 One iteration: a batch of (LR, HR) pairs from the deterministic data stream
 (:mod:`zsm.training.sampler`), forward under autocast on CUDA, Charbonnier
 loss in float32, backward, optional gradient clipping, Adam step, scheduler
-step, EMA update. Checkpoints every ``train.checkpoint_every`` iterations and
+step, EMA update. With ``data.time_factors`` a batch also carries the time of
+every in-between target, given to a time-conditioned network as ``times=``
+(:mod:`zsm.data.timesteps`); such a network is also validated at x4
+(``val_psnr_y_x4``: inputs every 4th frame, in-betweens at 1/4, 1/2, 3/4).
+Checkpoints every ``train.checkpoint_every`` iterations and
 when a stop is requested (Ctrl-C, SIGTERM, ``stop_after``); ``resume``
 restores weights, optimizer, scheduler, scaler, RNG states, the data position
 and the partly summed loss of the current log window, so the resumed run
@@ -29,22 +33,32 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from zsm.data.pairs import TrainingPairs
 from zsm.engine.precision import autocast_dtype
 from zsm.errors import ZSMError
 from zsm.models.config import ZSMConfig
 from zsm.models.weights import load_state_strict, read_weights, save_weights
 from zsm.models.zsm import ZoomingSlowMo
 from zsm.training import checkpoint as ckpt
-from zsm.training.build import build_training_set, build_validation
+from zsm.training.build import build_training_set, build_validation, build_validation_at
 from zsm.training.config import RESUME_SAFE_KEYS, ConfigError, TrainConfig, flat_diff
 from zsm.training.dist import Dist, StopSignals, ignore_sigint_in_worker, setup
 from zsm.training.ema import EMA
 from zsm.training.logs import RunLog
 from zsm.training.sampler import DataOrder, RankBatches
 from zsm.training.schedule import CosineRestarts
-from zsm.training.validate import ValidationClip, bicubic_psnr_y, flow_skip_psnr_y, validate
+from zsm.training.validate import (
+    TimedValidationClip,
+    ValidationClip,
+    bicubic_psnr_y,
+    flow_skip_psnr_y,
+    flow_skip_psnr_y_at,
+    validate,
+    validate_at,
+)
 
 FINAL_WEIGHTS = "model.safetensors"
+VAL_TIME_FACTOR = 4  # val_psnr_y_x4 of a time-conditioned network
 
 
 def charbonnier(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -294,6 +308,12 @@ class Trainer:
         start = s.iteration
         stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
 
+        timed = _time_conditioned(s.model.config)
+        if cfg.data.time_factors is not None and not timed:
+            raise ConfigError(
+                "data.time_factors trains a time-conditioned network (model.preset = "
+                f"'compact-time'); {cfg.model.preset!r} is not"
+            )
         dataset = build_training_set(cfg.data, flow=s.model.config.flow_guided)
         batches = RankBatches(
             DataOrder(len(dataset), t.seed),
@@ -312,6 +332,9 @@ class Trainer:
             worker_init_fn=ignore_sigint_in_worker if cfg.data.workers else None,
         )
         val_clips = build_validation(cfg.data, seed=t.seed) if d.is_main else []
+        val_x4: list[TimedValidationClip] = []
+        if timed and val_clips:
+            val_x4 = build_validation_at(cfg.data, seed=t.seed, factor=VAL_TIME_FACTOR)
         if d.distributed:
             s.net = DistributedDataParallel(
                 s.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
@@ -328,10 +351,16 @@ class Trainer:
                     "val_psnr_y_bicubic": bicubic_psnr_y(val_clips),
                     "val_psnr_y_flow_skip": flow_skip_psnr_y(val_clips),
                 }
+                if val_x4:
+                    start_scores["val_psnr_y_x4_flow_skip"] = flow_skip_psnr_y_at(val_x4)
                 if t.init:  # the starting point, so that a fine-tune can be judged against it
                     start_scores["val_psnr_y_init"], _ = validate(
                         s.model, val_clips, device=d.device, amp_dtype=s.amp_dtype
                     )
+                    if val_x4:
+                        start_scores["val_psnr_y_x4_init"], _ = validate_at(
+                            s.model, val_x4, device=d.device, amp_dtype=s.amp_dtype
+                        )
                 log.scalars(0, **start_scores)
 
         progress = _progress(start, t.iterations, enabled=t.progress and d.is_main)
@@ -340,7 +369,7 @@ class Trainer:
         try:
             with StopSignals(announce=d.is_main) as signals:
                 for batch in loader:
-                    self._step(s, *(t.to(d.device) for t in batch))
+                    self._step(s, *_unpack(batch, dataset, d.device))
                     s.samples_seen = batches.position(s.iteration)
                     window_iters += 1
                     progress.update(1)
@@ -349,7 +378,7 @@ class Trainer:
                         progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
                         window_start, window_iters = time.perf_counter(), 0
                     if t.val_every and s.iteration % t.val_every == 0 and log and val_clips:
-                        scores = self._validate(log, s, val_clips, d.device)
+                        scores = self._validate(log, s, val_clips, d.device, val_x4)
                         progress.write(f"iteration {s.iteration}: {scores}")
                     if s.iteration % t.checkpoint_every == 0:
                         last_ckpt = self._save(d, s) or last_ckpt
@@ -381,15 +410,20 @@ class Trainer:
         lr_frames: torch.Tensor,
         hr_frames: torch.Tensor,
         flow: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
     ) -> None:
-        """One optimiser step; ``flow``: the batch's LR flow, for a flow-guided network."""
+        """One optimiser step; ``flow``: the batch's LR flow, for a flow-guided network;
+        ``times``: the times (B, n-1, 1) of the in-between targets, for a time-conditioned
+        one."""
         t = self.config.train
+        args = (lr_frames,) if flow is None else (lr_frames, flow)
+        kwargs = {} if times is None else {"times": times}
         with torch.autocast(
             lr_frames.device.type,
             dtype=s.amp_dtype or torch.float32,
             enabled=s.amp_dtype is not None,
         ):
-            output = s.net(lr_frames) if flow is None else s.net(lr_frames, flow)
+            output = s.net(*args, **kwargs)
         loss = charbonnier(output.float(), hr_frames, t.loss_eps)
         s.optimizer.zero_grad(set_to_none=True)
         s.scaler.scale(loss).backward()
@@ -426,20 +460,46 @@ class Trainer:
         return loss
 
     def _validate(
-        self, log: RunLog, s: _State, clips: list[ValidationClip], device: torch.device
+        self,
+        log: RunLog,
+        s: _State,
+        clips: list[ValidationClip],
+        device: torch.device,
+        timed: list[TimedValidationClip] | None = None,
     ) -> dict[str, float]:
+        """``val_psnr_y`` (and ``_ema``) on ``clips``; ``val_psnr_y_x4`` on ``timed``."""
         scores: dict[str, float] = {}
-        nets = {"val_psnr_y": s.model, "val_psnr_y_ema": s.ema.module if s.ema else None}
-        for name, net in nets.items():
+        nets = {"": s.model, "_ema": s.ema.module if s.ema else None}
+        for suffix, net in nets.items():
             if net is None:
                 continue
+            name = "val_psnr_y" + suffix
             scores[name], first = validate(net, clips, device=device, amp_dtype=s.amp_dtype)
             if first is not None:
                 mid = len(first) // 2  # an interpolated frame when there are 2n-1 = 7
-                tag = "samples/" + ("ema" if name.endswith("ema") else "model")
+                tag = "samples/" + ("ema" if suffix else "model")
                 log.images(s.iteration, tag, torch.stack((first[mid], clips[0][1][mid])))
+            if timed:
+                scores[f"val_psnr_y_x{VAL_TIME_FACTOR}{suffix}"], _ = validate_at(
+                    net, timed, device=device, amp_dtype=s.amp_dtype
+                )
         log.scalars(s.iteration, **scores)
         return {k: round(v, 3) for k, v in scores.items()}
+
+
+def _unpack(
+    batch: list[torch.Tensor], dataset: TrainingPairs, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(lr, hr, flow or None, times or None) of a batch of ``dataset``, on ``device``."""
+    lr, hr, *rest = (t.to(device) for t in batch)
+    flow = rest.pop(0) if dataset.flow else None
+    times = rest.pop(0) if dataset.times is not None else None
+    return lr, hr, flow, times
+
+
+def _time_conditioned(config: ZSMConfig) -> bool:
+    """Whether the network takes ``times=`` (``ZSMConfig.time_conditioned``)."""
+    return bool(getattr(config, "time_conditioned", False))
 
 
 def _sizes(config: ZSMConfig) -> dict[str, Any]:

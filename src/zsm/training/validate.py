@@ -1,4 +1,10 @@
-"""Periodic validation: PSNR on Y (BT.601) of uint8-rounded outputs on held-out clips."""
+"""Periodic validation: PSNR on Y (BT.601) of uint8-rounded outputs on held-out clips.
+
+:func:`validate` scores the classic x2 (t = 1/2); :func:`validate_at` scores a
+time-conditioned network at several times per gap (``times=``), e.g. inputs
+every 4th frame and the in-betweens at 1/4, 1/2 and 3/4
+(:func:`zsm.training.build.build_validation_at`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,12 @@ from torch import nn
 
 from zsm.engine import prepare
 from zsm.evaluation.metrics import psnr_y
-from zsm.models.zsm import ZoomingSlowMo, bicubic_skip, flow_skip
+from zsm.models.zsm import ZoomingSlowMo, bicubic_skip, flow_skip, flow_skip_at
 from zsm.ops.flow import frame_flows
 
 ValidationClip = tuple[torch.Tensor, torch.Tensor]  # lr (n, 3, h, w), hr (2n-1, 3, 4h, 4w)
+# lr (n, 3, h, w), hr (n + (n-1)K, 3, 4h, 4w) in time order, times (n-1, K)
+TimedValidationClip = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def to_uint8(frame: torch.Tensor) -> np.ndarray:
@@ -38,6 +46,26 @@ def validate(
     A :class:`~zsm.models.zsm.ZoomingSlowMo` runs through the inference engine, as
     ``zsm upscale`` and ``zsm evaluate`` run it (``model`` itself is not changed).
     """
+    return _validate(model, [(lr, hr, None) for lr, hr in clips], device, amp_dtype)
+
+
+def validate_at(
+    model: nn.Module,
+    clips: list[TimedValidationClip],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, torch.Tensor | None]:
+    """:func:`validate` of a time-conditioned network given each clip's ``times``."""
+    return _validate(model, clips, device, amp_dtype)
+
+
+def _validate(
+    model: nn.Module,
+    clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> tuple[float, torch.Tensor | None]:
     net = prepare(model, device) if isinstance(model, ZoomingSlowMo) else model
     was_training = model.training
     model.eval()
@@ -45,11 +73,12 @@ def validate(
     first = None
     try:
         with torch.inference_mode():
-            for lr, hr in clips:
+            for lr, hr, times in clips:
+                kwargs = {} if times is None else {"times": times[None].to(device)}
                 with torch.autocast(
                     device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
-                    out = net(lr[None].to(device))[0].float().cpu()
+                    out = net(lr[None].to(device), **kwargs)[0].float().cpu()
                 first = out if first is None else first
                 values += clip_psnr_y(out, hr)
     finally:
@@ -66,6 +95,25 @@ def flow_skip_psnr_y(clips: list[ValidationClip]) -> float:
     """The flow-guided network's skip on the same clips: bicubic x4, LR flow blend between
     (the ``bicubic-flow-lr`` baseline; what an untrained flow-guided network makes)."""
     return _mean_psnr_y(clips, lambda lr: flow_skip(lr, frame_flows(lr)))
+
+
+def flow_skip_psnr_y_at(clips: list[TimedValidationClip]) -> float:
+    """:func:`flow_skip_psnr_y` on clips at several times per gap (the same times in every
+    gap of a clip, as :func:`~zsm.training.build.build_validation_at` makes them)."""
+
+    def skip(lr: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        flow = frame_flows(lr)
+        between = flow_skip_at(lr, flow, [float(t) for t in times[0]])
+        up = flow_skip(lr, flow)[:, ::2]  # the inputs' bicubic x4, as the skip pads it
+        frames = [up[:, 0]]
+        for k in range(lr.shape[1] - 1):
+            frames += [b[:, k] for b in between] + [up[:, k + 1]]
+        return torch.stack(frames, dim=1)
+
+    values: list[float] = []
+    for lr, hr, times in clips:
+        values += clip_psnr_y(skip(lr[None], times)[0], hr)
+    return float(np.mean(values))
 
 
 def _mean_psnr_y(
