@@ -571,10 +571,11 @@ def timed_dict(out: Path, photos: Path, **train: Any) -> dict[str, Any]:
 
 
 def test_time_factors_reach_the_network_as_times(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The loop passes each batch's times (B, n-1, 1) to the network as ``times=``; a stub
-    network stands in for a time-conditioned one here (it ignores them)."""
+    """The loop passes each batch's times (B, n-1, 1) to the network as ``times=``, and
+    train.init starts it from weights without the time input. A stub network stands in for
+    a time-conditioned one (its "time modulation" is one tensor; it ignores the times)."""
     from zsm.training import loop
 
     seen: list[torch.Tensor] = []
@@ -583,6 +584,7 @@ def test_time_factors_reach_the_network_as_times(
         def __init__(self, config: zsm.ZSMConfig) -> None:
             super().__init__(config)
             object.__setattr__(self.config, "time_conditioned", True)
+            self.time_mod = torch.nn.Linear(1, 2)
 
         def forward(self, frames, flow=None, times=None):  # type: ignore[override]
             seen.append(times)
@@ -591,8 +593,17 @@ def test_time_factors_reach_the_network_as_times(
     data = timed_dict(tmp_path / "run", tmp_path)
     with pytest.raises(ConfigError, match="time-conditioned network"):
         train(TrainConfig.from_dict(data))
+    torch.manual_seed(1)
+    plain = zsm.ZoomingSlowMo(TrainConfig.from_dict(data).model.zsm_config())
+    data["train"]["init"] = str(zsm.save_weights(plain, tmp_path / "x2.safetensors"))
     monkeypatch.setattr(loop, "ZoomingSlowMo", TimedStub)
-    result = train(TrainConfig.from_dict(data))
+    result = train(TrainConfig.from_dict(data), stop_after=0)
+    assert "2 tensors not in" in capsys.readouterr().err  # time_mod.weight, .bias
+    first = load_checkpoint(latest_checkpoint(tmp_path / "run"))  # type: ignore[arg-type]
+    assert_same_tensors({k: v for k, v in first.model.items() if "time_mod" not in k}, {
+        k: v for k, v in plain.state_dict().items()
+    })  # fmt: skip
+    result = train(TrainConfig.from_dict(data), resume=True)
     assert result.iteration == 2 and result.weights is not None
     assert len(seen) == 2 and all(t is not None and t.shape == (2, 3, 1) for t in seen)
     allowed = {0.25, 0.5, 0.75}

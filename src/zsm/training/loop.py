@@ -125,23 +125,11 @@ class Trainer:
 
     # --- set-up ------------------------------------------------------------------------
 
-    def _build_model(self) -> ZoomingSlowMo:
+    def _build_model(self, *, announce: bool = True) -> ZoomingSlowMo:
         cfg = self.config
         model = ZoomingSlowMo(cfg.model.zsm_config())
         if cfg.train.init:
-            config, state, _ = read_weights(cfg.train.init)
-            # Learned offsets -> flow-guided, all else equal: same tensors, and the offset
-            # residuals start at zero so that training starts at the flow.
-            to_flow = (
-                model.config.flow_guided
-                and not config.flow_guided
-                and _sizes(config) == _sizes(model.config)
-            )
-            if config != model.config and not to_flow:
-                raise ConfigError(f"train.init weights are {config}, the model is {model.config}")
-            load_state_strict(model, state, cfg.train.init)
-            if to_flow:
-                model.zero_offset_residuals_()
+            self._load_init(model, announce=announce)
         for prefix in cfg.train.freeze:
             hits = [
                 p for n, p in model.named_parameters() if n == prefix or n.startswith(prefix + ".")
@@ -152,6 +140,35 @@ class Trainer:
             for p in hits:
                 p.requires_grad_(False)
         return model
+
+    def _load_init(self, model: ZoomingSlowMo, *, announce: bool) -> None:
+        """``train.init``'s weights into ``model``: the same network, or one step up, all
+        else equal. Learned offsets -> flow-guided: the same tensors, the offset residuals
+        zeroed so that training starts at the flow. No time input -> time-conditioned: the
+        tensors the file lacks (the time modulation) keep their initialisation, which
+        computes what the file's network computes; one line names them."""
+        path = self.config.train.init
+        config, state, _ = read_weights(path)
+        target = model.config
+        to_flow = target.flow_guided and not config.flow_guided
+        to_time = _time_conditioned(target) and not _time_conditioned(config)
+        if _sizes(config, flow=to_flow, time=to_time) != _sizes(target, flow=to_flow, time=to_time):
+            raise ConfigError(f"train.init weights are {config}, the model is {target}")
+        fresh: list[str] = []
+        if to_time:
+            own = model.state_dict()
+            fresh = sorted(set(own) - set(state))
+            state = {**state, **{k: own[k] for k in fresh}}
+        load_state_strict(model, state, path)
+        if to_flow:
+            model.zero_offset_residuals_()
+        if fresh and announce:
+            modules = sorted({k.rsplit(".", 2)[0] for k in fresh})
+            print(
+                f"zsm: train.init: {len(fresh)} tensors not in {path} keep their "
+                f"initialisation ({len(modules)} modules: {', '.join(modules)})",
+                file=sys.stderr,
+            )
 
     def _amp_dtype(self, device: torch.device) -> torch.dtype | None:
         """The forward pass's autocast dtype (``None``: float32); see ``train.amp``.
@@ -176,7 +193,7 @@ class Trainer:
     def _build_state(self, d: Dist) -> _State:
         cfg, t = self.config, self.config.train
         _seed_everything(t.seed)  # the same initial weights in every process
-        model = self._build_model().to(d.device)
+        model = self._build_model(announce=d.is_main).to(d.device)
         amp_dtype = self._amp_dtype(d.device)
         if d.device.type == "cpu" and amp_dtype == torch.bfloat16:
             # oneDNN's bf16 convs are several times faster NHWC than NCHW (AMX: 1.4 vs 4.5
@@ -502,11 +519,15 @@ def _time_conditioned(config: ZSMConfig) -> bool:
     return bool(getattr(config, "time_conditioned", False))
 
 
-def _sizes(config: ZSMConfig) -> dict[str, Any]:
-    """A model config's fields but those of flow guidance."""
-    fields = dataclasses.asdict(config)
-    del fields["flow_guided"], fields["max_residual"]
-    return fields
+_FLOW_FIELDS = ("flow_guided", "max_residual")
+_TIME_FIELDS = ("time_conditioned",)
+
+
+def _sizes(config: ZSMConfig, *, flow: bool = False, time: bool = False) -> dict[str, Any]:
+    """A model config's fields, without those of flow guidance (``flow``) and of the time
+    input (``time``)."""
+    drop = (_FLOW_FIELDS if flow else ()) + (_TIME_FIELDS if time else ())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in drop}
 
 
 def _seed_everything(seed: int) -> None:
