@@ -350,15 +350,20 @@ def test_time_factor_config_errors(tmp_path: Path) -> None:
 
 def test_validation_at_x4_scores_every_quarter(tmp_path: Path) -> None:
     write_frames(tmp_path / "frames", [26])
+    write_frames(tmp_path / "short", [9])  # too short for 13 frames: left out at x4
     Image.fromarray(smooth_photo(4)).save(tmp_path / "photo.png")
     synthetic = {"kind": "synthetic", "photos": ".", "size": 2, "max_speed": 3.0, "crop": 16}
     data = DataSection(
         root=str(tmp_path),
-        val=[{"kind": "frames", "path": "frames", "windows": 2}, {**synthetic, "windows": 2}],
+        val=[
+            {"kind": "frames", "path": "frames", "windows": 2},
+            {**synthetic, "windows": 2},
+            {"kind": "frames", "path": "short"},
+        ],
     )
     x2 = build_validation(data, seed=0)
     x4 = build_validation_at(data, seed=0, factor=4)
-    assert len(x4) == len(x2) == 4
+    assert len(x2) == 5 and len(x4) == 4
     for lr, hr, times in x4:
         assert lr.shape[0] == 4 and hr.shape[0] == 13
         assert times.tolist() == [[0.25, 0.5, 0.75]] * 3
@@ -366,7 +371,7 @@ def test_validation_at_x4_scores_every_quarter(tmp_path: Path) -> None:
     assert first == list(range(13)) and last == list(range(13, 26))  # spread over 26 frames
     assert values(x4[0][0]) == [0, 4, 8, 12]
     # Synthetic: the x2 clip's motion, finer in time (its inputs are the x2 inputs).
-    for (lr2, hr2), (lr4, hr4, _) in zip(x2[2:], x4[2:], strict=True):
+    for (lr2, hr2), (lr4, hr4, _) in zip(x2[2:4], x4[2:], strict=True):
         assert torch.equal(lr2, lr4) and torch.equal(hr2, hr4[::2])
     with pytest.raises(ValueError, match="even factor"):
         build_validation_at(data, seed=0, factor=3)

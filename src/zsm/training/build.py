@@ -171,8 +171,9 @@ def build_validation_at(
     of a span of (inputs-1)*factor+1, all of them targets, and the times (inputs-1,
     factor-1) of the in-between ones (1/factor, 2/factor, ...). A synthetic source renders
     the same motion as in :func:`build_validation` (its inputs are those frames), finer in
-    time; a file source's span spreads over its frames (a window too short for it is an
-    error). Only even factors (the degradation keeps every other frame)."""
+    time; a file source's span spreads over its frames, and windows of clips too short for
+    it (a Vimeo-90K septuplet) are left out. Only even factors (the degradation keeps every
+    other frame)."""
     if factor < 2 or factor % 2:
         raise ValueError(f"validation at a time factor needs an even factor, got {factor}")
     offsets = range((inputs - 1) * factor + 1)
@@ -180,11 +181,11 @@ def build_validation_at(
     clips: list[TimedValidationClip] = []
     for source, i, key, crop in _validation_windows(data, seed):
         if not isinstance(source, TimedClipSource):
-            raise ConfigError(f"{source!r} cannot read clips at several time steps")
-        try:
-            frames = source.frames_at(i, offsets, np.random.default_rng(key))
-        except IndexError as exc:
-            raise ConfigError(f"validation at time factor {factor}: {exc}") from exc
+            continue
+        reach = source.span(i)
+        if reach is not None and reach < len(offsets):
+            continue
+        frames = source.frames_at(i, offsets, np.random.default_rng(key))
         hr = clip_to_tensor(_centre_crop(frames, crop))
         lr, _ = make_lr_clip(hr[:: factor // 2])  # keeps every other: every factor-th
         clips.append((lr.float(), hr, times.repeat(inputs - 1, 1)))

@@ -352,6 +352,12 @@ class Trainer:
         val_x4: list[TimedValidationClip] = []
         if timed and val_clips:
             val_x4 = build_validation_at(cfg.data, seed=t.seed, factor=VAL_TIME_FACTOR)
+            if not val_x4:
+                print(
+                    f"zsm: no validation clip is long enough for x{VAL_TIME_FACTOR} "
+                    f"(val_psnr_y_x{VAL_TIME_FACTOR}); only x2 is scored",
+                    file=sys.stderr,
+                )
         if d.distributed:
             s.net = DistributedDataParallel(
                 s.model, device_ids=[d.device.index] if d.device.type == "cuda" else None
