@@ -15,6 +15,7 @@ from zsm.engine import prepare
 from zsm.engine.ensemble import transform, transform_flow
 from zsm.evaluation.baselines import bicubic_flow_lr, flow_midpoint
 from zsm.models.flowguide import state_flows
+from zsm.models.timesteps import resolve_times
 from zsm.models.zsm import flow_skip
 from zsm.ops.flow import DISFlow, frame_flows, to_uint8_frames
 from zsm.ops.warp import blend_at_time, flow_between, flows_to_time, resize_flow, warp
@@ -167,10 +168,14 @@ def test_offsets_follow_the_flow_within_the_residual_bound() -> None:
 
 def test_state_flows_point_to_the_neighbouring_steps() -> None:
     f01, f10 = torch.full((1, 2, 2, 4, 4), 2.0), torch.full((1, 2, 2, 4, 4), -2.0)
-    prev, nxt = state_flows(f01, f10)
+    prev, nxt = state_flows(f01, f10, resolve_times(None, 1, 3))
     assert prev.shape == nxt.shape == (1, 5, 2, 4, 4)
     assert prev[0, :, 0, 0, 0].tolist() == [0.0, -1.0, -1.0, -1.0, -1.0]
     assert nxt[0, :, 0, 0, 0].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    # frames at 0.25 and 0.75 in gap 0, none in gap 1: steps of 0.5, 1 and 2 pixels
+    prev, nxt = state_flows(f01, f10, resolve_times([(0.25, 0.75), ()], 1, 3))
+    assert prev[0, :, 0, 0, 0].tolist() == [0.0, -0.5, -1.0, -0.5, -2.0]
+    assert nxt[0, :, 0, 0, 0].tolist() == [0.5, 1.0, 0.5, 2.0, 0.0]
 
 
 def test_flow_guided_network_trains_its_offsets() -> None:

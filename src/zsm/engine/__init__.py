@@ -23,6 +23,7 @@ from zsm.engine.ensemble import SelfEnsemble, with_ensemble
 from zsm.engine.precision import autocast_dtype
 from zsm.engine.rewrites import NAMES, Rewrite, rewrites_for
 from zsm.models.descriptor import ModelDescriptor
+from zsm.models.timesteps import Times
 from zsm.models.zsm import ZoomingSlowMo
 from zsm.ops.flow import frame_flows
 
@@ -48,21 +49,25 @@ class InferenceModel(nn.Module):
         self.descriptor = descriptor
         self.rewrites = rewrites
 
-    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, frames: torch.Tensor, flow: torch.Tensor | None = None, times: Times = None
+    ) -> torch.Tensor:
         """``flow``: for a flow-guided network, the LR flow of ``frames``; computed from
         them (:func:`zsm.ops.flow.frame_flows`) when not given. The video pipeline gives
-        the whole frame's flow, cropped to each tile."""
+        the whole frame's flow, cropped to each tile. ``times``: the time steps of the
+        in-between frames (:mod:`zsm.models.timesteps`; default: one halfway per gap)."""
         args: tuple[torch.Tensor, ...] = (frames,)
         if self.descriptor.needs_flow:
             args = (frames, frame_flows(frames) if flow is None else flow)
         elif flow is not None:
             raise ValueError("flow= is for flow-guided networks; this one learns its offsets")
+        kwargs = {} if times is None else {"times": times}
         # No autocast context for float32, so that an enclosing one (zsm benchmark's) holds.
         with torch.inference_mode():
             if self.dtype is None:
-                return self.network(*args)
+                return self.network(*args, **kwargs)
             with torch.autocast(self.device.type, dtype=self.dtype):
-                return self.network(*args)
+                return self.network(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"device={self.device}, dtype={self.dtype}, rewrites={list(self.rewrites)}"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from zsm.models.descriptor import ModelDescriptor, describe
+from zsm.models.timesteps import Times
 
 ENSEMBLE_PASSES = (1, 2, 4, 8, 16)
 # The running sum and one untransformed output, float32 (2 x 384 bytes per LR pixel-frame:
@@ -61,6 +62,16 @@ def transform_flow(flow: torch.Tensor, k: int) -> torch.Tensor:
     return flow
 
 
+def transform_times(times: Times, k: int) -> Times:
+    """The time steps of the frames transformed by :func:`transform` ``k``: time reversal
+    reverses the gaps and maps each step t to 1 - t (the same frames, in reverse order)."""
+    if times is None or not k & 1:
+        return times
+    if isinstance(times, torch.Tensor):
+        return (1.0 - times).flip(1, 2)
+    return [tuple(1.0 - t for t in reversed(steps)) for steps in reversed(times)]
+
+
 def untransform(y: torch.Tensor, k: int) -> torch.Tensor:
     """The inverse of :func:`transform` (the same steps in reverse order)."""
     if k & 8:
@@ -96,15 +107,19 @@ class SelfEnsemble(nn.Module):
         self.model = model
         self.passes = check_passes(passes)
 
-    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
-        """``flow``: the frames' LR flow, for a flow-guided network (transformed with them)."""
+    def forward(
+        self, frames: torch.Tensor, flow: torch.Tensor | None = None, times: Times = None
+    ) -> torch.Tensor:
+        """``flow``: the frames' LR flow, for a flow-guided network (transformed with them);
+        ``times``: the time steps of the in-between frames (:mod:`zsm.models.timesteps`)."""
         total: torch.Tensor | None = None
         for k in range(self.passes):
             x = transform(frames, k).contiguous()
+            kwargs = {} if times is None else {"times": transform_times(times, k)}
             if flow is None:
-                y = untransform(self.model(x), k)
+                y = untransform(self.model(x, **kwargs), k)
             else:
-                y = untransform(self.model(x, transform_flow(flow, k).contiguous()), k)
+                y = untransform(self.model(x, transform_flow(flow, k).contiguous(), **kwargs), k)
             if total is None:
                 total = y.float().contiguous()
             else:

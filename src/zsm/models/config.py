@@ -34,6 +34,10 @@ class ZSMConfig:
             bicubic frames (needs ``global_skip``).
         max_residual: bound of the learned offset residual, in pixels of each
             pyramid level (flow-guided networks only).
+        time_conditioned: our extension, after TMNet (CVPR 2021): the frame
+            interpolation's offset features and blend are modulated by the time
+            step t of the frame made (:mod:`zsm.models.timemod`), so one network
+            makes frames at any t in (0, 1), not only halfway (needs ``flow_guided``).
     """
 
     nf: int = 64
@@ -44,6 +48,7 @@ class ZSMConfig:
     global_skip: bool = False
     flow_guided: bool = False
     max_residual: float = 5.0
+    time_conditioned: bool = False
 
     def __post_init__(self) -> None:
         for name in ("nf", "groups", "hr_nf"):
@@ -56,6 +61,8 @@ class ZSMConfig:
             raise ValueError(f"nf ({self.nf}) must be divisible by groups ({self.groups})")
         if self.flow_guided and not self.global_skip:
             raise ValueError("flow_guided needs global_skip (the flow-warped bicubic skip)")
+        if self.time_conditioned and not self.flow_guided:
+            raise ValueError("time_conditioned needs flow_guided (offsets follow the flow to t)")
         if self.max_residual <= 0:
             raise ValueError(f"max_residual must be > 0, got {self.max_residual}")
 
@@ -85,11 +92,24 @@ PRESETS: dict[str, ZSMConfig] = {
     "compact-flow": ZSMConfig(
         nf=32, groups=4, front_RBs=2, back_RBs=6, hr_nf=32, global_skip=True, flow_guided=True
     ),
+    # compact-flow making frames at any time step (x3, x4, x8, any fps): the same
+    # network plus a temporal modulation of its interpolation (its weights initialise it).
+    "compact-time": ZSMConfig(
+        nf=32,
+        groups=4,
+        front_RBs=2,
+        back_RBs=6,
+        hr_nf=32,
+        global_skip=True,
+        flow_guided=True,
+        time_conditioned=True,
+    ),
 }
 
 
 def preset(name: str) -> ZSMConfig:
-    """The config of a named preset (``official``, ``compact``, ``compact-flow``)."""
+    """The config of a named preset (``official``, ``compact``, ``compact-flow``,
+    ``compact-time``)."""
     try:
         return PRESETS[name]
     except KeyError:

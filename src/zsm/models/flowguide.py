@@ -2,22 +2,24 @@
 
 The network gets, for each neighbouring pair (k, k+1) of its n inputs, the
 flows ``F01`` (frame k to k+1) and ``F10`` as channels ``0:2`` and ``2:4``
-of a (B, n-1, 4, H, W) tensor (:mod:`zsm.ops.flow`). Its 2n-1 feature
-frames sit at times ``j / 2`` (j even: input ``j / 2``; odd: halfway); every
-flow below is derived from the pair's two under locally constant motion
-(:func:`zsm.ops.warp.flow_between`).
+of a (B, n-1, 4, H, W) tensor (:mod:`zsm.ops.flow`). Its feature frames
+sit at the inputs and at the time steps of its in-between frames
+(:class:`~zsm.models.timesteps.TimeSteps`; the paper's network: halfway in
+every gap); every flow below is derived from the pair's two under locally
+constant motion (:func:`zsm.ops.warp.flow_between`), scaled to the frames'
+times.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 
 from zsm.models.config import SCALE
+from zsm.models.timesteps import TimeSteps
 from zsm.ops.warp import blend_at_time, flow_between, flows_to_time, resize_flow
-
-MID = 0.5  # the time of the in-between frame within its pair
 
 
 def check_flow(flow: torch.Tensor | None, b: int, n: int, h: int, w: int) -> torch.Tensor:
@@ -38,43 +40,69 @@ def split(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flow[:, :, 0:2], flow[:, :, 2:4]
 
 
-def mid_flows(f01: torch.Tensor, f10: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flows from each pair's in-between frame to its first and to its second frame,
-    pairs flattened into the batch: two (B*(n-1), 2, H, W)."""
-    ft0, ft1 = flows_to_time(f01.flatten(0, 1), f10.flatten(0, 1), MID)
-    return ft0, ft1
+def gap_items(x: torch.Tensor, steps: TimeSteps, offset: int = 0) -> torch.Tensor:
+    """``x`` (B, G, ...) of each in-between frame's gap (+ ``offset``), frames flattened into
+    the batch: (B*P, ...)."""
+    index = torch.tensor(steps.gap, dtype=torch.long, device=x.device) + offset
+    return x[:, index].flatten(0, 1)
 
 
-def state_flows(f01: torch.Tensor, f10: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each of the 2n-1 feature frames' flow to the previous frame's time and to the next's:
-    two (B, 2n-1, 2, H, W); zero where there is no such frame (the ends)."""
-    _b, pairs = f01.shape[:2]
-    zero = torch.zeros_like(f01[:, :1])
-    prev: list[torch.Tensor] = [zero[:, 0]]
+def step_times(steps: TimeSteps) -> torch.Tensor:
+    """The in-between frames' time steps as (B*P, 1, 1, 1), to scale (N, C, H, W) flows."""
+    return steps.t.reshape(-1, 1, 1, 1)
+
+
+def mid_flows(
+    f01: torch.Tensor, f10: torch.Tensor, steps: TimeSteps
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flows from each in-between frame to the first and to the second frame of its
+    pair, frames flattened into the batch: two (B*P, 2, H, W)."""
+    t = step_times(steps)
+    return flows_to_time(gap_items(f01, steps), gap_items(f10, steps), t)
+
+
+def state_flows(
+    f01: torch.Tensor, f10: torch.Tensor, steps: TimeSteps
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each feature frame's (time order, n + P of them) flow to the previous frame's time
+    and to the next's: two (B, n + P, 2, H, W); zero where there is no such frame (the ends)."""
+    times = steps.sequence_times()
+    zero = torch.zeros_like(f01[:, 0])
+    prev: list[torch.Tensor] = [zero]
     nxt: list[torch.Tensor] = []
-    for k in range(pairs):
-        a, r = f01[:, k], f10[:, k]
-        nxt.append(flow_between(a, r, 0.0, MID))  # input k -> halfway
-        prev.append(flow_between(a, r, MID, 0.0))  # halfway -> input k
-        nxt.append(flow_between(a, r, MID, 1.0))  # halfway -> input k + 1
-        prev.append(flow_between(a, r, 1.0, MID))  # input k + 1 -> halfway
-    nxt.append(zero[:, 0])
+    for (gap, s), (next_gap, r) in itertools.pairwise(times):
+        if next_gap != gap:  # the next input: the end of this gap
+            r = torch.ones_like(r)
+        a, b = f01[:, gap], f10[:, gap]
+        s4, r4 = s.view(-1, 1, 1, 1), r.view(-1, 1, 1, 1)
+        nxt.append(flow_between(a, b, s4, r4))
+        prev.append(flow_between(a, b, r4, s4))
+    nxt.append(zero)
     return torch.stack(prev, dim=1), torch.stack(nxt, dim=1)
 
 
 def add_flow_skip_(
-    out: torch.Tensor, up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor
+    out: torch.Tensor, up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor, steps: TimeSteps
 ) -> None:
-    """``out`` (B, 2n-1, 3, sH, sW) += the bicubic frames ``up`` (B, n, 3, sH, sW) at input
-    times and their occlusion-aware flow blend halfway between, in place."""
-    out[:, 0::2] += up
-    out[:, 1::2] += flow_skip_mids(up, f01, f10)
+    """``out`` (B, n + P, 3, sH, sW) += the bicubic frames ``up`` (B, n, 3, sH, sW) at input
+    times and their occlusion-aware flow blend at each in-between frame's time, in place."""
+    out[:, steps.input_positions()] += up
+    out[:, steps.between_positions()] += flow_skip_steps(up, f01, f10, steps)
 
 
-def flow_skip_mids(up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor) -> torch.Tensor:
-    """The in-between frames of the flow skip: (B, n-1, 3, sH, sW) from the enlarged frames
-    ``up`` (B, n, 3, sH, sW) and the LR flows, enlarged to ``up``'s size."""
-    return flow_skip_at(up, f01, f10, (MID,))[0]
+def flow_skip_steps(
+    up: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor, steps: TimeSteps
+) -> torch.Tensor:
+    """The flow skip's in-between frames (B, P, 3, sH, sW) from the enlarged frames ``up``
+    (B, n, 3, sH, sW) and the LR flows, enlarged to ``up``'s size."""
+    b, pairs = f01.shape[:2]
+    hr01 = resize_flow(f01.flatten(0, 1), SCALE).unflatten(0, (b, pairs))
+    hr10 = resize_flow(f10.flatten(0, 1), SCALE).unflatten(0, (b, pairs))
+    first, second = gap_items(up, steps).float(), gap_items(up, steps, 1).float()
+    frames = blend_at_time(
+        first, second, gap_items(hr01, steps), gap_items(hr10, steps), step_times(steps)
+    )
+    return frames.to(up.dtype).unflatten(0, (b, steps.count))
 
 
 def flow_skip_at(

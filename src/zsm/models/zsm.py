@@ -18,6 +18,7 @@ from zsm.models.flowguide import flow_skip_at as _skip_frames_at
 from zsm.models.interp import FeatureInterpolation
 from zsm.models.reconstruct import Reconstructor
 from zsm.models.sequence import flatten_frames, seq_op
+from zsm.models.timesteps import Times, TimeSteps, resolve_times
 
 
 class ZoomingSlowMo(nn.Module):
@@ -33,6 +34,13 @@ class ZoomingSlowMo(nn.Module):
     (:func:`zsm.ops.flow.frame_flows`; the inference engine computes it when
     not given). Untrained, its output is the ``bicubic-flow-lr`` baseline's:
     the offsets follow the flow and the output conv starts at zero.
+
+    A flow-guided network also makes frames at any time steps between its
+    inputs (``times=``, :mod:`zsm.models.timesteps`): its offsets and skip
+    follow the flow scaled to each step, and a time-conditioned one
+    (``config.time_conditioned``) also modulates its offset features and blend
+    by the step (:mod:`zsm.models.timemod`); it is trained for them. The
+    output then holds n + P frames in time order.
     """
 
     def __init__(self, config: ZSMConfig | None = None) -> None:
@@ -41,7 +49,10 @@ class ZoomingSlowMo(nn.Module):
         residual = config.max_residual if config.flow_guided else None
         self.extract = FeatureExtractor(nf=config.nf, front_RBs=config.front_RBs)
         self.interpolate = FeatureInterpolation(
-            nf=config.nf, groups=config.groups, max_residual=residual
+            nf=config.nf,
+            groups=config.groups,
+            max_residual=residual,
+            time_conditioned=config.time_conditioned,
         )
         self.aggregate = BiDeformableConvLSTM(
             nf=config.nf, groups=config.groups, max_residual=residual
@@ -85,25 +96,37 @@ class ZoomingSlowMo(nn.Module):
             scale=SCALE,
             size_multiple=MULTIPLE,
             bytes_per_pixel_frame=512.0 * c.hr_nf + 96.0 * c.nf + flow_bytes,
+            time_steps=c.time_conditioned,
             precisions=("fp32", "fp16", "bf16"),
             needs_flow=c.flow_guided,
         )
 
-    def forward(self, frames: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n, 3, H, W) in [0, 1] -> (B, 2n-1, 3, 4H, 4W); ``flow``: see the class."""
+    def forward(
+        self, frames: torch.Tensor, flow: torch.Tensor | None = None, times: Times = None
+    ) -> torch.Tensor:
+        """(B, n, 3, H, W) in [0, 1] -> (B, n + P, 3, 4H, 4W), P in-between frames (n - 1
+        halfway ones by default); ``flow`` and ``times``: see the class."""
         b, n, _, h, w = _check_input(frames)
+        steps = resolve_times(times, b, n, frames.device)
         x = _pad_to_multiple(frames, MULTIPLE)
         pair_flows = None
         if self.config.flow_guided:
             pair_flows = split(_pad_to_multiple(check_flow(flow, b, n, h, w), MULTIPLE))
         elif flow is not None:
             raise ValueError("flow= is for flow-guided networks; this one learns its offsets")
+        if pair_flows is None and not steps.is_half:
+            raise ValueError(
+                "this network makes only the frame halfway between two inputs; other time "
+                "steps need a flow-guided one (preset compact-time)"
+            )
         feats = self.extract(x.flatten(0, 1))  # pyramid levels of (B*n, nf, h, w)
-        feats = self._interpolate(feats, b, n, pair_flows)  # (B, 2n-1, nf, H', W')
-        feats = self.aggregate(feats, None if pair_flows is None else state_flows(*pair_flows))
-        out = self.reconstruct(flatten_frames(feats)).unflatten(0, (b, 2 * n - 1))
+        feats = self._interpolate(feats, b, n, pair_flows, steps)  # (B, n + P, nf, H', W')
+        feats = self.aggregate(
+            feats, None if pair_flows is None else state_flows(*pair_flows, steps)
+        )
+        out = self.reconstruct(flatten_frames(feats)).unflatten(0, (b, steps.frames))
         if pair_flows is not None:
-            add_flow_skip_(out, _bicubic_x4(x), *pair_flows)
+            add_flow_skip_(out, _bicubic_x4(x), *pair_flows, steps)
         elif self.config.global_skip:
             _add_bicubic_skip_(out, x)
         return out[..., : SCALE * h, : SCALE * w]
@@ -114,15 +137,30 @@ class ZoomingSlowMo(nn.Module):
         b: int,
         n: int,
         pair_flows: tuple[torch.Tensor, torch.Tensor] | None,
+        steps: TimeSteps,
     ) -> torch.Tensor:
-        """Input features interleaved with the features interpolated between neighbours."""
+        """Input features and the features interpolated between neighbours, in time order."""
         pyr = [level.unflatten(0, (b, n)) for level in pyr]
-        # Every neighbouring pair (k, k+1) at once, pairs stacked on the batch axis.
-        first = [flatten_frames(level[:, :-1]) for level in pyr]
-        second = [flatten_frames(level[:, 1:]) for level in pyr]
-        flows = None if pair_flows is None else mid_flows(*pair_flows)
-        mid = self.interpolate(first, second, flows).unflatten(0, (b, n - 1))
-        return _interleave(pyr[0], mid)
+        # Every in-between frame at once, each with its pair's two features, on the batch axis.
+        first = [_gap_frames(level, steps, 0) for level in pyr]
+        second = [_gap_frames(level, steps, 1) for level in pyr]
+        flows = None if pair_flows is None else mid_flows(*pair_flows, steps)
+        t = steps.t.reshape(-1) if self.config.time_conditioned else None
+        mids = self.interpolate(first, second, flows, t).unflatten(0, (b, steps.count))
+        if steps.gap == tuple(range(n - 1)):
+            return _interleave(pyr[0], mids)
+        order = steps.order()
+        return seq_op(lambda k, m: torch.cat((k, m), dim=1)[:, order], pyr[0], mids)
+
+
+def _gap_frames(level: torch.Tensor, steps: TimeSteps, offset: int) -> torch.Tensor:
+    """Input ``k + offset``'s features (B, n, ...) for every in-between frame of gap k,
+    flattened into the batch (B*P, ...), keeping the frames' layout."""
+    n = level.shape[1]
+    if steps.gap == tuple(range(n - 1)):  # one per gap: a view
+        return flatten_frames(level[:, offset : n - 1 + offset])
+    index = [g + offset for g in steps.gap]
+    return flatten_frames(seq_op(lambda s: s[:, index], level))
 
 
 def _check_input(frames: torch.Tensor) -> tuple[int, int, int, int, int]:

@@ -45,10 +45,14 @@ def occlusion(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
     return (err > 0.01 * mag + 0.5).to(forward.dtype)
 
 
+Time = float | torch.Tensor  # a time step, or one per image as (N, 1, 1, 1)
+
+
 def flows_to_time(
-    flow01: torch.Tensor, flow10: torch.Tensor, t: float
+    flow01: torch.Tensor, flow10: torch.Tensor, t: Time
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flows from the frame at time ``t`` in (0, 1) to frames 0 and 1.
+    """The flows from the frame at time ``t`` in (0, 1) to frames 0 and 1 (``t`` a float,
+    or a (N, 1, 1, 1) tensor of one time per flow).
 
     Under locally constant motion (Jiang et al., Super SloMo, CVPR 2018, eq. 4):
     ``F_t0 = -(1 - t) t F01 + t^2 F10`` and ``F_t1 = (1 - t)^2 F01 - t (1 - t) F10``.
@@ -58,7 +62,7 @@ def flows_to_time(
     return ft0, ft1
 
 
-def flow_between(flow01: torch.Tensor, flow10: torch.Tensor, s: float, r: float) -> torch.Tensor:
+def flow_between(flow01: torch.Tensor, flow10: torch.Tensor, s: Time, r: Time) -> torch.Tensor:
     """The flow from the frame at time ``s`` to the frame at time ``r``, both in [0, 1].
 
     Constant motion through ``s``: ``F_sr = (1 - r) F_s0 + r F_s1`` with the
@@ -73,7 +77,7 @@ def blend_at_time(
     frame1: torch.Tensor,
     flow01: torch.Tensor,
     flow10: torch.Tensor,
-    t: float = 0.5,
+    t: Time = 0.5,
 ) -> torch.Tensor:
     """The frame at time ``t`` between ``frame0`` and ``frame1`` (N, C, H, W), along the flows.
 
