@@ -376,3 +376,15 @@ def test_validation_at_x4_scores_every_quarter(tmp_path: Path) -> None:
         assert torch.equal(lr2, lr4) and torch.equal(hr2, hr4[::2])
     with pytest.raises(ValueError, match="even factor"):
         build_validation_at(data, seed=0, factor=3)
+
+
+def test_shipped_time_config() -> None:
+    from zsm.models.config import PRESETS
+    from zsm.training.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "zsm-compact-time.toml")
+    assert config.model.zsm_config() == PRESETS["compact-time"]
+    d = config.data
+    assert d.time_factors == [2, 3, 4, 8] and sum(d.time_factor_weights or []) == 1.0
+    assert config.train.init.endswith("zsm-compact-flow.safetensors")
+    assert sum(config.schedule.periods) == config.train.iterations

@@ -559,52 +559,54 @@ def test_auto_amp_stays_float32_on_the_cpu(vimeo: Path, tmp_path: Path) -> None:
 # --- time factors (data.time_factors) -------------------------------------------------
 
 
-def timed_dict(out: Path, photos: Path, **train: Any) -> dict[str, Any]:
-    """A tiny flow-guided run on synthetic motion with samples at several time steps."""
-    Image.fromarray(smooth_photo(5)).save(photos / "photo.png")
-    d = tiny_dict(photos, out, iterations=2, val_every=0, **train)
-    d["model"].update(global_skip=True, flow_guided=True)
-    d["data"]["train"] = [{"kind": "synthetic", "photos": ".", "size": 4, "max_speed": 2.0}]
-    d["data"].update(time_factors=[2, 4], time_factor_weights=[0.5, 0.5])
-    d["data"].pop("val")
-    return d
-
-
-def test_time_factors_reach_the_network_as_times(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_cli_trains_a_time_conditioned_network_from_x2_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The loop passes each batch's times (B, n-1, 1) to the network as ``times=``, and
-    train.init starts it from weights without the time input. A stub network stands in for
-    a time-conditioned one (its "time modulation" is one tensor; it ignores the times)."""
-    from zsm.training import loop
+    """`zsm train` of a tiny time-conditioned network on samples at several time steps, from
+    the weights of a flow-guided one without the time input: those load, the time modulation
+    keeps its (identity) initialisation, named in one line; validation scores x2 and x4."""
+    from zsm.models.weights import model_from_file
+    from zsm.training.build import build_validation, build_validation_at
+    from zsm.training.validate import validate, validate_at
 
-    seen: list[torch.Tensor] = []
-
-    class TimedStub(zsm.ZoomingSlowMo):
-        def __init__(self, config: zsm.ZSMConfig) -> None:
-            super().__init__(config)
-            object.__setattr__(self.config, "time_conditioned", True)
-            self.time_mod = torch.nn.Linear(1, 2)
-
-        def forward(self, frames, flow=None, times=None):  # type: ignore[override]
-            seen.append(times)
-            return super().forward(frames, flow)
-
-    data = timed_dict(tmp_path / "run", tmp_path)
-    with pytest.raises(ConfigError, match="time-conditioned network"):
-        train(TrainConfig.from_dict(data))
+    Image.fromarray(smooth_photo(5)).save(tmp_path / "photo.png")
+    flow_model = {**TINY_MODEL, "global_skip": True, "flow_guided": True}
     torch.manual_seed(1)
-    plain = zsm.ZoomingSlowMo(TrainConfig.from_dict(data).model.zsm_config())
-    data["train"]["init"] = str(zsm.save_weights(plain, tmp_path / "x2.safetensors"))
-    monkeypatch.setattr(loop, "ZoomingSlowMo", TimedStub)
-    result = train(TrainConfig.from_dict(data), stop_after=0)
-    assert "2 tensors not in" in capsys.readouterr().err  # time_mod.weight, .bias
-    first = load_checkpoint(latest_checkpoint(tmp_path / "run"))  # type: ignore[arg-type]
-    assert_same_tensors({k: v for k, v in first.model.items() if "time_mod" not in k}, {
-        k: v for k, v in plain.state_dict().items()
-    })  # fmt: skip
-    result = train(TrainConfig.from_dict(data), resume=True)
-    assert result.iteration == 2 and result.weights is not None
-    assert len(seen) == 2 and all(t is not None and t.shape == (2, 3, 1) for t in seen)
-    allowed = {0.25, 0.5, 0.75}
-    assert {float(v) for t in seen for v in t.flatten()} <= allowed
+    x2 = zsm.save_weights(
+        zsm.ZoomingSlowMo(zsm.ZSMConfig(**{k: v for k, v in flow_model.items() if k != "preset"})),
+        tmp_path / "x2.safetensors",
+    )
+    d = tiny_dict(tmp_path, tmp_path / "run", iterations=2, val_every=2, init=str(x2))
+    d["model"] = {**flow_model, "time_conditioned": True}
+    synthetic = {"kind": "synthetic", "photos": ".", "size": 4, "max_speed": 2.0}
+    d["data"]["train"] = [synthetic]
+    d["data"]["val"] = {**synthetic, "size": 2, "crop": 16}
+    d["data"].update(time_factors=[2, 4], time_factor_weights=[0.5, 0.5])
+    cfg = tmp_path / "tiny-time.toml"
+    cfg.write_text(_to_toml(d))
+    assert cli_main(["train", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if "keep their initialisation" in ln]
+    assert len(line) == 1 and "28 tensors not in" in line[0] and "blend_time" in line[0]
+    model = zsm.load_model(tmp_path / "run" / "model.safetensors")
+    assert model.config.time_conditioned
+    out = model(torch.rand(1, 2, 3, 4, 4), flow=torch.zeros(1, 1, 4, 4, 4), times=[[0.3, 0.6]])
+    assert out.shape == (1, 4, 3, 16, 16)
+    log = read_log(tmp_path / "run")
+    scores = {k: v for e in log for k, v in e.items() if k.startswith("val_")}
+    expected = {"val_psnr_y", "val_psnr_y_ema", "val_psnr_y_x4", "val_psnr_y_x4_ema"}
+    assert expected | {"val_psnr_y_x4_flow_skip", "val_psnr_y_init"} <= set(scores)
+    assert [e["iter"] for e in log if "val_psnr_y_x4" in e] == [2]
+    # The start is the x2 network at every t: its scores, at x2 and at x4.
+    data = load_config(cfg).data
+    net = model_from_file(x2)
+    cpu = torch.device("cpu")
+    start_x2, _ = validate(net, build_validation(data, seed=0), device=cpu)
+    start_x4, _ = validate_at(net, build_validation_at(data, seed=0, factor=4), device=cpu)
+    assert scores["val_psnr_y_init"] == pytest.approx(start_x2, abs=1e-6)
+    assert scores["val_psnr_y_x4_init"] == pytest.approx(start_x4, abs=1e-6)
+    # A network without flow guidance cannot make frames at other time steps.
+    d["model"] = dict(TINY_MODEL)
+    d["train"].update(init="", out_dir=str(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="frames at any time step"):
+        train(TrainConfig.from_dict(d))

@@ -37,6 +37,7 @@ class ModelSection:
     global_skip: bool | None = None
     flow_guided: bool | None = None
     max_residual: float | None = None
+    time_conditioned: bool | None = None
 
     def zsm_config(self) -> ZSMConfig:
         if self.preset not in PRESETS:
@@ -64,7 +65,8 @@ class DataSection:
     Relative paths resolve against ``root``, which itself resolves against the
     current directory.
 
-    ``time_factors`` (e.g. ``[2, 3, 4, 8]``, for a time-conditioned network):
+    ``time_factors`` (e.g. ``[2, 3, 4, 8]``; for a flow-guided network, which makes
+    frames at any t, usually a time-conditioned one, which learns them):
     each sample draws a factor N (odds ``time_factor_weights``, default equal)
     and takes its inputs every N-th frame of a span of (n-1)*N+1 consecutive
     frames, its targets the inputs and one frame at t = j/N per gap, j drawn

@@ -4,9 +4,10 @@ One iteration: a batch of (LR, HR) pairs from the deterministic data stream
 (:mod:`zsm.training.sampler`), forward under autocast on CUDA, Charbonnier
 loss in float32, backward, optional gradient clipping, Adam step, scheduler
 step, EMA update. With ``data.time_factors`` a batch also carries the time of
-every in-between target, given to a time-conditioned network as ``times=``
-(:mod:`zsm.data.timesteps`); such a network is also validated at x4
-(``val_psnr_y_x4``: inputs every 4th frame, in-betweens at 1/4, 1/2, 3/4).
+every in-between target, given to the (flow-guided, usually time-conditioned)
+network as ``times=`` (:mod:`zsm.data.timesteps`); such a run, and any
+time-conditioned network, is also validated at x4 (``val_psnr_y_x4``: inputs
+every 4th frame, in-betweens at 1/4, 1/2, 3/4).
 Checkpoints every ``train.checkpoint_every`` iterations and
 when a stop is requested (Ctrl-C, SIGTERM, ``stop_after``); ``resume``
 restores weights, optimizer, scheduler, scaler, RNG states, the data position
@@ -151,7 +152,7 @@ class Trainer:
         config, state, _ = read_weights(path)
         target = model.config
         to_flow = target.flow_guided and not config.flow_guided
-        to_time = _time_conditioned(target) and not _time_conditioned(config)
+        to_time = target.time_conditioned and not config.time_conditioned
         if _sizes(config, flow=to_flow, time=to_time) != _sizes(target, flow=to_flow, time=to_time):
             raise ConfigError(f"train.init weights are {config}, the model is {target}")
         fresh: list[str] = []
@@ -325,12 +326,13 @@ class Trainer:
         start = s.iteration
         stop = t.iterations if stop_after is None else min(t.iterations, start + stop_after)
 
-        timed = _time_conditioned(s.model.config)
-        if cfg.data.time_factors is not None and not timed:
+        if cfg.data.time_factors is not None and not s.model.config.flow_guided:
             raise ConfigError(
-                "data.time_factors trains a time-conditioned network (model.preset = "
-                f"'compact-time'); {cfg.model.preset!r} is not"
+                "data.time_factors needs a network that makes frames at any time step, a "
+                f"flow-guided one (model.preset = 'compact-time'); {cfg.model.preset!r} is not"
             )
+        # Scored at x4 too: a network made or trained for time steps other than 1/2.
+        timed = s.model.config.time_conditioned or cfg.data.time_factors is not None
         dataset = build_training_set(cfg.data, flow=s.model.config.flow_guided)
         batches = RankBatches(
             DataOrder(len(dataset), t.seed),
@@ -518,11 +520,6 @@ def _unpack(
     flow = rest.pop(0) if dataset.flow else None
     times = rest.pop(0) if dataset.times is not None else None
     return lr, hr, flow, times
-
-
-def _time_conditioned(config: ZSMConfig) -> bool:
-    """Whether the network takes ``times=`` (``ZSMConfig.time_conditioned``)."""
-    return bool(getattr(config, "time_conditioned", False))
 
 
 _FLOW_FIELDS = ("flow_guided", "max_residual")
