@@ -91,7 +91,8 @@ def video_make_clip(tmp_path) -> Callable[..., Path]:
     """Factory writing a small real clip with PyAV; returns its path.
 
     ``make(name, frames=6, width=24, height=16, fps=25, audio=False, rotation=None,
-    codec="libx264", pix_fmt="yuv420p", subtitle=False, audio_codec="aac")``
+    codec="libx264", pix_fmt="yuv420p", subtitle=False, audio_codec="aac",
+    pattern=video_pattern)``; ``pattern(index, width, height)`` makes frame ``index``.
     """
     import av
     import numpy as np
@@ -110,6 +111,7 @@ def video_make_clip(tmp_path) -> Callable[..., Path]:
         pix_fmt: str = "yuv420p",
         subtitle: bool = False,
         folder: Path | None = None,
+        pattern: Callable[[int, int, int], np.ndarray] = video_pattern,
     ) -> Path:
         path = (folder or tmp_path) / name
         rate = Fraction(fps)
@@ -126,7 +128,7 @@ def video_make_clip(tmp_path) -> Callable[..., Path]:
             if s is not None:
                 s.time_base = Fraction(1, 1000)
             for i in range(frames):
-                f = av.VideoFrame.from_ndarray(video_pattern(i, width, height), format="rgb24")
+                f = av.VideoFrame.from_ndarray(pattern(i, width, height), format="rgb24")
                 f.pts, f.time_base = i, 1 / rate
                 c.mux(v.encode(f))
             c.mux(v.encode(None))

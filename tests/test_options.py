@@ -24,7 +24,7 @@ def test_cli_options_map_to_fields() -> None:
     args = build_parser().parse_args(
         [
             *("upscale", "in.mp4", "-o", "o.mp4", "--window", "8", "--frames", "5", "--half"),
-            *("--fps", "30000/1001", "--ensemble", "4", "--time-factor", "1"),
+            *("--input-fps", "30000/1001", "--ensemble", "4", "--time-factor", "1"),
         ]
     )
     options = options_from_args(args)
@@ -32,7 +32,7 @@ def test_cli_options_map_to_fields() -> None:
         window=8,
         max_frames=5,
         precision="fp16",
-        fps=Fraction(30000, 1001),
+        input_fps=Fraction(30000, 1001),
         ensemble=4,
         time_factor=1,
     )
@@ -43,10 +43,13 @@ def test_cli_options_map_to_fields() -> None:
     [
         ({"window": 1}, "window must be >= 2, got 1"),
         ({"ensemble": 3}, "ensemble passes must be one of 1, 2, 4, 8, 16, got 3"),
-        ({"time_factor": 3}, "time_factor must be one of 1, 2, got 3"),
+        ({"time_factor": 0}, "time_factor must be >= 1, got 0"),
+        ({"time_factor": 2.5}, "time_factor must be an integer >= 1, got 2.5"),
+        ({"time_factor": 3, "fps": 60}, r"give time_factor \(3\) or fps \(60\), not both"),
         ({"precision": "fp8"}, "precision must be one of"),
         ({"max_frames": 1}, "max_frames must be >= 2, got 1"),
         ({"fps": -1}, "fps must be > 0"),
+        ({"input_fps": 0}, "input_fps must be > 0"),
     ],
 )
 def test_bad_values_name_themselves(changes, message) -> None:
@@ -60,6 +63,7 @@ def test_replace_rejects_unknown_names_and_half_means_fp16() -> None:
     assert UpscaleOptions.of(None, half=True).precision == "fp16"
     assert UpscaleOptions.of(UpscaleOptions(window=6), crf=20) == UpscaleOptions(window=6, crf=20)
     assert UpscaleOptions(fps=29.97).fps == Fraction(2997, 100)
+    assert UpscaleOptions(input_fps=29.97).input_fps == Fraction(2997, 100)
 
 
 def test_progress_reaches_the_total(tmp_path, video_make_clip, video_tiny_model) -> None:

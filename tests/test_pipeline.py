@@ -12,6 +12,7 @@ from zsm.errors import InputError
 from zsm.upscale import build_pipeline, upscale_frames
 from zsm.video.pipeline import output_frames
 from zsm.video.tiles import plan_tiles, tile_for_budget
+from zsm.video.timing import TimePlan
 from zsm.video.windows import TooFewFrames, WindowPlan, iter_windows
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -176,13 +177,15 @@ def test_output_frames_indices() -> None:
     plan = WindowPlan(4, 1)
     seen2, seen1 = [], []
     for win, chunk in iter_windows(range(9), plan):
-        fake = torch.arange(win.keep_start, win.keep_stop)
-        seen2 += [(i, int(v)) for i, v in output_frames(win, fake, time_factor=2)]
-        seen1 += [(i, int(v)) for i, v in output_frames(win, fake, time_factor=1)]
+        fake = torch.arange(win.keep_start, win.keep_stop)  # the frames made, at times j/2
+        seen2 += [(i, int(v)) for i, v in output_frames(win, fake, times=TimePlan.factor(2))]
+        first, stop = win.owned_times
+        keys = torch.arange(first, win.stop if stop is None else stop)  # at input times
+        seen1 += [(i, int(v)) for i, v in output_frames(win, keys, times=TimePlan.factor(1))]
         assert len(chunk) == 4
     assert [i for i, _ in seen2] == list(range(18))
     assert seen2[-1] == (17, 16)
-    assert seen1 == [(k, 2 * k) for k in range(9)]
+    assert seen1 == [(k, k) for k in range(9)]
 
 
 def test_upscale_frames_rejects_bad_frames(video_tiny_model) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 # Loopback only: Ray otherwise binds to the machine's address (this is its switch for that).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -21,6 +22,8 @@ ray = pytest.importorskip("ray")
 from zsm.cli import main  # noqa: E402
 from zsm.distributed import cluster as zcluster  # noqa: E402
 from zsm.engine import prepare  # noqa: E402
+from zsm.errors import WeightsError  # noqa: E402
+from zsm.models.descriptor import ModelDescriptor  # noqa: E402
 from zsm.upscale import upscale_video  # noqa: E402
 from zsm.video.io import iter_frames, probe  # noqa: E402
 
@@ -67,6 +70,23 @@ class Wrapped:
         return self.model(x)
 
 
+class Blend:
+    """A time-step model (any t): the blend of the nearest-upscaled neighbours at (1-t, t)."""
+
+    descriptor = ModelDescriptor(
+        scale=4, size_multiple=4, bytes_per_pixel_frame=1e3, time_steps=True
+    )
+
+    def __call__(self, x, *, times):
+        up = x[0].repeat_interleave(4, -2).repeat_interleave(4, -1)
+        out = []
+        for k in range(x.shape[1]):
+            out.append(up[k])
+            if k < x.shape[1] - 1:
+                out += [(1 - t) * up[k] + t * up[k + 1] for t in times[k]]
+        return torch.stack(out)[None]
+
+
 def _frames(folder: Path) -> list[np.ndarray]:
     return list(iter_frames(probe(folder)))
 
@@ -107,6 +127,25 @@ def test_four_segments_give_the_frames_of_one_process(
     assert [n.node for n in r.cluster.nodes] == ["127.0.0.1"] and r.cluster.frames == 80
     assert seen[-1].done == seen[-1].total == 2 * FRAMES
     assert _files(tmp_path) == {"long.mp4", "one", "ray"}  # no work folder left
+
+
+def test_any_output_rate_gives_the_frames_of_one_process(
+    ray_cluster, tmp_path, video_make_clip, video_tiny_model
+) -> None:
+    src = video_make_clip("in.mp4", frames=FRAMES, fps=24)
+    one = upscale_video(src, f"{tmp_path}/one/", model=Blend(), fps=60, **SETTINGS)
+    r = upscale_video(
+        src, f"{tmp_path}/ray/", model=Blend(), fps=60, ray="auto", ray_segments=4, **SETTINGS
+    )
+    assert r.output_frames == one.output_frames == 100 and r.fps == 60
+    assert r.input_frames == FRAMES and r.cluster is not None and r.cluster.segments == 4
+    assert _same(_frames(tmp_path / "ray"), _frames(tmp_path / "one"))
+    # A network that makes only halfway frames: refused before any task runs.
+    with pytest.raises(WeightsError, match="--time-factor 3 needs time-step weights"):
+        upscale_video(
+            src, tmp_path / "x.mp4", model=video_tiny_model, time_factor=3, ray="auto", **SETTINGS
+        )
+    assert _files(tmp_path) == {"in.mp4", "one", "ray"}
 
 
 def test_video_output_with_audio(

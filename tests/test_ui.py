@@ -169,6 +169,15 @@ def test_texts() -> None:
     )
     assert text.progress_line(Progress(5, None, 0.0, None)) == "5 frames"
     assert text.waiting_line(1) == "waiting: 1 job ahead on this device"
+    from fractions import Fraction
+
+    from zsm.video.io import VideoInfo
+
+    info = VideoInfo(Path("c.mp4"), False, 24, 16, Fraction(25), 10, True, "yuv420p")
+    assert text.describe("c.mp4", info, 4).endswith(
+        "**Output** 96x64, 100 fps, 40 frames (4x size, 4x frame rate)"
+    )
+    assert [factor for _, factor in text.TIME_FACTOR_CHOICES] == [2, 1, 3, 4, 8]
 
 
 # --- the launcher ------------------------------------------------------------------------------
@@ -326,6 +335,8 @@ def test_api_errors_are_the_cli_line_and_the_app_goes_on(
     clip = video_make_clip("fine.mp4", frames=3)
     with pytest.raises(AppError, match="nope is not in the list of choices"):
         client.predict(handle_file(str(clip)), weights="nope", api_name="/upscale")
+    with pytest.raises(AppError, match=r"halfway .* --time-factor 3 needs time-step weights$"):
+        client.predict(handle_file(str(clip)), time_factor=3, api_name="/upscale")
     assert _job_files(ui) == [] or all(p.name.endswith("-zsm.mp4") for p in _job_files(ui))
 
     out = client.predict(handle_file(str(clip)), api_name="/upscale")  # still answers

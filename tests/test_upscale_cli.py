@@ -72,6 +72,8 @@ def test_folder_in_video_out(tmp_path, video_frame_pattern, run_cli):
     for i in range(1, 6):
         write_png(frames / f"{i}.png", video_frame_pattern(i, 20, 12))
     code, _, err = run_cli(frames, "-o", tmp_path / "out.mkv", "--fps", "12")
+    assert code == 2 and "--input-fps" in err  # --fps is the output's rate now
+    code, _, err = run_cli(frames, "-o", tmp_path / "out.mkv", "--input-fps", "12")
     assert code == 0, err
     info = probe(tmp_path / "out.mkv")
     assert info.fps == 24 and (info.width, info.height) == (80, 48)

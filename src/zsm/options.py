@@ -19,10 +19,11 @@ from zsm.models.registry import DEFAULT_WEIGHTS
 from zsm.video.encode import DEFAULT_CRF
 from zsm.video.io import DEFAULT_FOLDER_FPS
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP
+from zsm.video.timing import TimePlan
 from zsm.video.windows import DEFAULT_WINDOW, DEFAULT_WINDOW_OVERLAP
 
 DEFAULT_SEGMENT_SECONDS = 60.0
-TIME_FACTORS = (1, 2)
+DEFAULT_TIME_FACTOR = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,11 +44,19 @@ class UpscaleOptions:
             from free memory).
         tile_overlap: halo around each tile in input pixels, cropped after upscaling.
         ensemble: passes of the self-ensemble (1, 2, 4, 8 or 16).
-        time_factor: 2 doubles the frame rate; 1 keeps it (4x size only).
+        time_factor: N output frames per input frame, any integer >= 1 (``None``: 2
+            unless ``fps`` is given): 2 doubles the frame rate, 1 keeps it (4x size only);
+            N > 2 needs time-step weights. Excludes ``fps``.
         threads: CPU threads for the network and the encoder (``None``: torch's default).
         codec: video encoder (``None``: the container's first available one).
         crf: encoder quality, lower is better and larger.
-        fps: frame rate of an image-folder input (``None``: :data:`DEFAULT_FOLDER_FPS`).
+        fps: the output's frame rate (any positive rate: ``60``, ``Fraction(60000, 1001)``),
+            each output frame made at its exact time between the inputs
+            (:mod:`zsm.video.timing`); ``None``: the time factor decides. Excludes
+            ``time_factor``.
+        input_fps: frame rate of an image-folder input or of the frames given to
+            :func:`~zsm.upscale.upscale_frames` (``None``: :data:`DEFAULT_FOLDER_FPS` for a
+            folder; a video file states its own).
         max_frames: only the first N input frames (``None``: all).
         segment_seconds: close a finished segment of the work folder this often (what
             ``resume`` keeps after an interruption).
@@ -68,11 +77,12 @@ class UpscaleOptions:
     tile: int | None = None
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     ensemble: int = 1
-    time_factor: int = 2
+    time_factor: int | None = None
     threads: int | None = None
     codec: str | None = None
     crf: int = DEFAULT_CRF
     fps: Fraction | None = None
+    input_fps: Fraction | None = None
     max_frames: int | None = None
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS
     ray: str | None = None
@@ -82,8 +92,10 @@ class UpscaleOptions:
     def __post_init__(self) -> None:
         if isinstance(self.weights, Path):
             object.__setattr__(self, "weights", str(self.weights))
-        if self.fps is not None and not isinstance(self.fps, Fraction):
-            object.__setattr__(self, "fps", Fraction(self.fps).limit_denominator(1_000_000))
+        for name in ("fps", "input_fps"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Fraction):
+                object.__setattr__(self, name, Fraction(value).limit_denominator(1_000_000))
         _at_least("window", self.window, 2)
         _at_least("window_overlap", self.window_overlap, 0)
         _at_least("tile", self.tile, 1)
@@ -92,10 +104,18 @@ class UpscaleOptions:
         _at_least("crf", self.crf, 0)
         _at_least("max_frames", self.max_frames, 2)
         _one_of("ensemble passes", self.ensemble, ENSEMBLE_PASSES)
-        _one_of("time_factor", self.time_factor, TIME_FACTORS)
+        if self.time_factor is not None and (
+            isinstance(self.time_factor, bool) or not isinstance(self.time_factor, int)
+        ):
+            raise ValueError(f"time_factor must be an integer >= 1, got {self.time_factor!r}")
+        _at_least("time_factor", self.time_factor, 1)
         _one_of("precision", self.precision, PRECISIONS)
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        for name in ("fps", "input_fps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.fps is not None and self.time_factor is not None:
+            raise ValueError(f"give time_factor ({self.time_factor}) or fps ({self.fps}), not both")
         _at_least("ray_segments", self.ray_segments, 1)
         if self.ray_cpus_per_task is not None and self.ray_cpus_per_task <= 0:
             raise ValueError(f"ray_cpus_per_task must be > 0, got {self.ray_cpus_per_task}")
@@ -124,6 +144,30 @@ class UpscaleOptions:
         return self.weights or DEFAULT_WEIGHTS
 
     @property
+    def effective_time_factor(self) -> int | None:
+        """The time factor: :attr:`time_factor`, or 2 unless :attr:`fps` is given (then
+        ``None``: the ratio of the rates decides)."""
+        if self.time_factor is not None:
+            return self.time_factor
+        return None if self.fps is not None else DEFAULT_TIME_FACTOR
+
+    def time_plan(self, in_fps: Fraction | None) -> TimePlan:
+        """The output's time plan for an input at ``in_fps`` (needed only with :attr:`fps`)."""
+        factor = self.effective_time_factor
+        if factor is not None:
+            return TimePlan.factor(factor)
+        assert self.fps is not None
+        if in_fps is None:
+            raise ValueError(f"fps={self.fps} needs the input's frame rate (input_fps=)")
+        return TimePlan.between(in_fps, self.fps)
+
+    def time_label(self) -> str:
+        """The option that sets the output's rate, as the command line writes it."""
+        if self.fps is not None:
+            return f"--fps {self.fps}"
+        return f"--time-factor {self.effective_time_factor}"
+
+    @property
     def overlap(self) -> int:
         """The window overlap asked for (the default when unset)."""
         return DEFAULT_WINDOW_OVERLAP if self.window_overlap is None else self.window_overlap
@@ -144,9 +188,9 @@ DEFAULTS = UpscaleOptions()  # what the CLI's help shows
 __all__ = [
     "DEFAULTS",
     "DEFAULT_FOLDER_FPS",
+    "DEFAULT_TIME_FACTOR",
     "DEFAULT_WEIGHTS",
     "ENSEMBLE_PASSES",
     "PRECISIONS",
-    "TIME_FACTORS",
     "UpscaleOptions",
 ]

@@ -8,7 +8,11 @@
 n input frames give 2n output frames at exactly twice the frame rate (the
 last one is held for its successor's slot; see :mod:`zsm.video.pipeline`),
 4x the width and height; ``time_factor=1`` keeps only the frames at input
-times (n frames, same rate, 4x size).
+times (n frames, same rate, 4x size), ``time_factor=N`` gives nN frames at N
+times the rate, and ``fps=RATE`` any output rate, each frame at its exact time
+between the inputs and the duration kept (:mod:`zsm.video.timing`). Time
+factors other than 1 and 2, and most rates, need time-step weights (a model
+whose descriptor has ``time_steps``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from zsm.atomic import describe_os_error
 from zsm.device import memory_budget, resolve_device, torch_threads
 from zsm.engine import SelfEnsemble, prepare
-from zsm.errors import Cancelled, InputError, OutputError, ZSMError
+from zsm.errors import Cancelled, InputError, OutputError, WeightsError, ZSMError
 from zsm.models.config import SCALE
 from zsm.models.descriptor import describe
 from zsm.models.registry import load_model, resolve_weights
@@ -42,6 +46,7 @@ from zsm.video.job import UpscaleJob
 from zsm.video.pipeline import Pipeline, output_frames
 from zsm.video.progress import ProgressCallback
 from zsm.video.resume import WorkDir
+from zsm.video.timing import TimePlan
 from zsm.video.windows import TooFewFrames, WindowPlan
 
 if TYPE_CHECKING:
@@ -86,14 +91,23 @@ def build_pipeline(
     *,
     model: ModelLike | None = None,
     cancel: threading.Event | None = None,
+    in_fps: Fraction | None = None,
+    label: str | None = None,
     **changes: Any,
 ) -> Pipeline:
     """The :class:`~zsm.video.pipeline.Pipeline` the other functions run (model loaded).
 
     ``model`` (a loaded network or callable) replaces ``options.weights``;
     ``changes`` are option overrides (``window=8``); see :class:`UpscaleOptions`.
+    ``in_fps``: the input's frame rate (default ``options.input_fps``; only ``fps``
+    needs it); ``label``: what the model is, for the error when it cannot make the
+    output's time steps (default: the weights' name, or the model's type).
     """
     options = UpscaleOptions.of(options, **changes)
+    in_fps = in_fps if in_fps is not None else options.input_fps
+    times = options.time_plan(in_fps)
+    if label is None:
+        label = _label(model, options)
     plan = WindowPlan.fitted_warning(options.window, options.window_overlap)
     dev = resolve_device(options.device)
     if model is None:
@@ -107,6 +121,7 @@ def build_pipeline(
         )
     else:
         describe(model)  # a foreign callable declares its descriptor, or is refused here
+    check_time_steps(model, times, options, label, in_fps)
     return Pipeline(
         model=model,
         device=dev,
@@ -115,6 +130,34 @@ def build_pipeline(
         tile_overlap=options.tile_overlap,
         memory_budget=None if options.tile is not None else memory_budget(dev),
         cancel=cancel,
+        times=times,
+    )
+
+
+def _label(model: ModelLike | None, options: UpscaleOptions) -> str:
+    """What a model is, in an error: its weights' name, or its type when given as an object."""
+    if model is not None and not options.weights:
+        return f"model {type(model).__name__}"
+    return f"weights {options.weights_name}"
+
+
+def check_time_steps(
+    model: ModelLike,
+    times: TimePlan,
+    options: UpscaleOptions,
+    label: str,
+    in_fps: Fraction | None = None,
+) -> None:
+    """A :class:`~zsm.errors.WeightsError` (one line) when ``model`` makes only the frame
+    halfway between inputs and ``times`` asks for others."""
+    if times.halfway_only or describe(model).time_steps:
+        return
+    asked = options.time_label()
+    if options.fps is not None and in_fps is not None:
+        asked += f" from {in_fps} fps"
+    raise WeightsError(
+        f"{label} can make only the frame halfway between two inputs; {asked} needs "
+        "time-step weights"
     )
 
 
@@ -128,10 +171,11 @@ def upscale_frames(
 ) -> Iterator[np.ndarray]:
     """Upscale ``frames`` ((H, W, 3) uint8 RGB, one size) lazily.
 
-    Yields (4H, 4W, 3) uint8 frames: 2n for n inputs (``time_factor=2``) or n
-    (``time_factor=1``), holding only one temporal window in memory. The
-    options of the encoder, the input and the threads (codec, crf, fps,
-    threads, segment_seconds) do not apply: a generator cannot hold the
+    Yields (4H, 4W, 3) uint8 frames: 2n for n inputs (``time_factor=2``), n
+    (``time_factor=1``), nN (``time_factor=N``) or ``ceil(n * fps / input_fps)``
+    (``fps``, which needs ``input_fps``, the frames' rate), holding only one
+    temporal window in memory. The options of the encoder and the threads (codec,
+    crf, threads, segment_seconds) do not apply: a generator cannot hold the
     process's thread count while its caller runs.
     """
     options = UpscaleOptions.of(options, **changes)
@@ -143,9 +187,7 @@ def upscale_frames(
         frames = itertools.islice(frames, options.max_frames)
     try:
         for win, chunk in pipe.run(frames):
-            outs = [
-                f.numpy() for _, f in output_frames(win, chunk, time_factor=options.time_factor)
-            ]
+            outs = [f.numpy() for _, f in output_frames(win, chunk, times=pipe.times)]
             del chunk  # hold one window, not two, while the next is made
             while outs:
                 yield outs.pop(0)
@@ -213,7 +255,9 @@ def upscale_video(
         return upscale_on_cluster([(Path(src), dst)], options, model=model, **how).done[0]
     src, folder_out = Path(src), is_folder_output(dst)
     dst = Path(os.path.abspath(dst))
-    info = probe_input(src, options.fps)
+    info = probe_input(src, options.input_fps)
+    check_folder_rate(info, options)
+    times = options.time_plan(info.fps)
     if info.frame_count_exact and info.frame_count is not None and info.frame_count < 2:
         raise InputError(f"{src} has only {info.frame_count} frame; need at least 2")
     fmt = codec_name = None
@@ -236,11 +280,13 @@ def upscale_video(
                     options.replace(device=str(dev)),
                     model=model if model is not None else load_model(weights_path, device=dev),
                     cancel=cancel,
+                    in_fps=info.fps,
+                    label=f"weights {options.weights_name}" if model is None else None,
                 )
             scale = pipe.descriptor.scale if pipe is not None else SCALE
             settings = EncodeSettings(
                 codec=codec_name or "",
-                fps=info.fps * options.time_factor,
+                fps=info.fps * times.rate,
                 width=scale * info.width,
                 height=scale * info.height,
                 crf=options.crf,
@@ -251,7 +297,7 @@ def upscale_video(
                 dst=dst,
                 work=work,
                 pipe=pipe,
-                time_factor=options.time_factor,
+                times=times,
                 max_frames=options.max_frames,
                 progress=progress,
                 segment_seconds=options.segment_seconds,
@@ -277,7 +323,7 @@ def upscale_video(
         output=dst,
         input_frames=n_in,
         output_frames=n_out,
-        fps=info.fps * options.time_factor,
+        fps=settings.fps,
         width=settings.width,
         height=settings.height,
         seconds=time.monotonic() - started,
@@ -292,6 +338,16 @@ def probe_input(src: Path, fps: Fraction | None) -> VideoInfo:
             "give an output folder to upscale each of them"
         )
     return probe(src, fps=fps)
+
+
+def check_folder_rate(info: VideoInfo, options: UpscaleOptions) -> None:
+    """An image folder's rate is ``input_fps``; ``fps`` alone there is refused, not guessed
+    (it once named the folder's rate; it is now the output's)."""
+    if info.is_folder and options.fps is not None and options.input_fps is None:
+        raise InputError(
+            f"{info.path.name} is a folder of images, which states no frame rate: give it "
+            f"with --input-fps (input_fps=) as well as the output's --fps {options.fps}"
+        )
 
 
 def check_output(src: Path, dst: Path, folder_out: bool) -> None:
@@ -333,7 +389,11 @@ def run_key(
         "input": f"{info.path.resolve()} ({ident})",
         "weights": wid,
         "window": [plan.size, plan.overlap],
-        "time_factor": options.time_factor,
+        **(
+            {"time_factor": options.effective_time_factor}
+            if options.fps is None
+            else {"output_fps": str(options.fps)}
+        ),
         "output": output_kind,
         "fps": str(info.fps),
         "max_frames": options.max_frames,
@@ -389,8 +449,11 @@ def upscale_batch(
         return result
     dev = resolve_device(options.device)
     options = options.replace(device=str(dev))
+    label = f"weights {options.weights_name}" if model is None else None
     if model is None:
         model = load_model(options.weights_name, device=dev)
+    if options.fps is None:  # the same time steps for every video: refused once, up front
+        check_time_steps(model, options.time_plan(None), options, label or _label(model, options))
     result = BatchResult()
     for video, out in batch_outputs(videos, dst_dir, ext):
         if out.exists():
@@ -427,6 +490,7 @@ __all__ = [
     "BatchResult",
     "UpscaleResult",
     "build_pipeline",
+    "check_time_steps",
     "is_folder_output",
     "upscale_batch",
     "upscale_frames",

@@ -1,4 +1,5 @@
-"""``zsm upscale INPUT -o OUTPUT``: 4x larger, 2x frame rate, for a video, frames or many videos."""
+"""``zsm upscale INPUT -o OUTPUT``: 4x larger, 2x (or Nx, or any) frame rate, for a video,
+frames or many videos."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from zsm.cli.args import frame_rate, int_at_least, positive_float
 from zsm.device import DEVICES
 from zsm.options import (
     DEFAULT_FOLDER_FPS,
+    DEFAULT_TIME_FACTOR,
     DEFAULTS,
     ENSEMBLE_PASSES,
     PRECISIONS,
-    TIME_FACTORS,
     UpscaleOptions,
 )
 
@@ -32,6 +33,7 @@ OPTION_ARGS = (
     "codec",
     "crf",
     "fps",
+    "input_fps",
     "segment_seconds",
     "ray",
     "ray_cpus_per_task",
@@ -103,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="upscale a video (4x size, 2x frame rate)",
         description="Space-time super-resolution of a video file, a folder of frames, or a "
         "folder of videos. The output has 4x the width and height and exactly twice the "
-        "frame rate (n frames in, 2n out); audio and subtitles are carried over.",
+        "frame rate (n frames in, 2n out), or N times it (--time-factor N), or any rate "
+        "(--fps RATE), with the input's duration; audio and subtitles are carried over.",
     )
     p.add_argument("input", type=Path, help="video file, folder of images, or folder of videos")
     p.add_argument(
@@ -133,11 +136,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"tile halo in input pixels ({DEFAULTS.tile_overlap})",
     )
     add_ensemble_option(p)
-    p.add_argument(
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument(
         "--time-factor",
-        type=int,
-        choices=TIME_FACTORS,
-        help=f"2: double the frame rate; 1: only 4x the size (default {DEFAULTS.time_factor})",
+        type=int_at_least(1),
+        metavar="N",
+        help="N output frames per input frame: 2 doubles the frame rate, 1 only makes it 4x "
+        f"the size (default {DEFAULT_TIME_FACTOR}); N > 2 needs time-step weights",
+    )
+    rate.add_argument(
+        "--fps",
+        type=frame_rate,
+        metavar="RATE",
+        help="the output's frame rate (60, 60000/1001, 29.97), each frame made at its exact "
+        "time between the inputs, duration kept; most rates need time-step weights",
     )
     p.add_argument("--codec", help="video encoder (default libx264; libvpx-vp9 for .webm)")
     p.add_argument(
@@ -146,8 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"encoder quality (lower = better; {DEFAULTS.crf})",
     )
     p.add_argument(
-        "--fps",
+        "--input-fps",
         type=frame_rate,
+        metavar="RATE",
         help=f"frame rate of an image-folder input (default {DEFAULT_FOLDER_FPS})",
     )
     p.add_argument(

@@ -37,7 +37,9 @@ from zsm.upscale import (
     BatchResult,
     ModelLike,
     UpscaleResult,
+    check_folder_rate,
     check_output,
+    check_time_steps,
     is_folder_output,
     probe_input,
     run_key,
@@ -48,6 +50,7 @@ from zsm.video.job import assemble_video, install_folder
 from zsm.video.mux import SegmentFile
 from zsm.video.progress import ProgressCallback, ProgressReporter, check_cancel
 from zsm.video.resume import SegmentRecord, WorkDir
+from zsm.video.timing import TimePlan
 from zsm.video.windows import WindowPlan
 
 log = logging.getLogger("zsm")
@@ -69,6 +72,7 @@ class _Job:
     fmt: str | None  # None: PNG frames
     settings: EncodeSettings | None
     key: dict[str, Any]
+    times: TimePlan
     scale: int = 4  # of the model: output frames are scale x the input's size
     started: float = field(default_factory=time.monotonic)
     work: WorkDir | None = None
@@ -118,6 +122,18 @@ def upscale_on_cluster(
         return result
     network = model if model is not None else load_model(weights_path, device="cpu")
     scale = describe(network).scale
+    label = f"weights {options.weights_name}" if model is None else f"model {type(model).__name__}"
+    for job in list(jobs):
+        try:
+            check_time_steps(network, job.times, options, label, job.info.fps)
+        except ZSMError as exc:
+            if not batch:
+                raise
+            log.warning("zsm: %s failed: %s", job.src.name, exc)
+            result.failed.append((job.src, str(exc)))
+            jobs.remove(job)
+    if not jobs:
+        return result
     for job in jobs:
         job.scale = scale
         if job.settings is not None:
@@ -162,7 +178,9 @@ def _checked_job(
     """The checks of a single-machine run, before anything is written."""
     folder_out = is_folder_output(dst)
     dst = Path(os.path.abspath(dst))
-    info = probe_input(src, options.fps)
+    info = probe_input(src, options.input_fps)
+    check_folder_rate(info, options)
+    times = options.time_plan(info.fps)
     frames = count_frames(info)
     if options.max_frames is not None:
         frames = min(frames, options.max_frames)
@@ -172,12 +190,12 @@ def _checked_job(
     if not folder_out:
         fmt = container_format(dst)
         codec = choose_codec(fmt, options.codec)
-        fps = info.fps * options.time_factor
+        fps = info.fps * times.rate
         settings = EncodeSettings(codec, fps, info.width, info.height, options.crf, options.threads)
         output_kind = f"{codec} crf {options.crf}"
     check_output(src, dst, folder_out)
     key = run_key(info, options, weights_path, model, plan, output_kind) | {"runner": "ray"}
-    return _Job(number, src, dst, info, frames, fmt, settings, key)
+    return _Job(number, src, dst, info, frames, fmt, settings, key, times)
 
 
 class _Run:
@@ -249,7 +267,7 @@ class _Run:
         from zsm.distributed.tasks import MAX_RETRIES, SegmentSpec, remote_segment
 
         ray, live = self.ray, [j for j in self.jobs if not j.failed]
-        total = sum(j.frames * self.options.time_factor for j in live)
+        total = sum(j.times.count(j.frames) for j in live)
         self.bar = ProgressReporter(
             total=total,
             initial=sum(j.resumed for j in live),
@@ -357,8 +375,7 @@ class _Run:
         assert work is not None
         records = sorted(job.done.values(), key=lambda r: r.first_frame)
         total = sum(r.frames for r in records)
-        tf = self.options.time_factor
-        n_in = total // 2 if tf == 2 else total
+        n_in = job.frames
         try:
             if job.fmt is None:
                 frames_dir = work.path / "frames"
@@ -390,7 +407,7 @@ class _Run:
             output=job.dst,
             input_frames=n_in,
             output_frames=total,
-            fps=job.info.fps * tf,
+            fps=job.info.fps * job.times.rate,
             width=job.scale * job.info.width,
             height=job.scale * job.info.height,
             seconds=time.monotonic() - job.started,

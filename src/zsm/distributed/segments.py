@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zsm.video.timing import TimePlan
 from zsm.video.windows import WindowPlan
 
 
@@ -39,10 +40,12 @@ class Segment:
             return None
         return plan.start(self.end_window - 1) + plan.size + 1
 
-    def first_output(self, plan: WindowPlan, time_factor: int) -> int:
-        """Index of this segment's first output frame."""
-        j = plan.keep_start(self.first_window)
-        return j if time_factor == 2 else j // 2
+    def first_output(self, plan: WindowPlan, times: TimePlan | int) -> int:
+        """Index of this segment's first output frame (that of the first time its first
+        window owns) under the time plan ``times`` (an int: a time factor)."""
+        if isinstance(times, int):
+            times = TimePlan.factor(times)
+        return times.first_at(plan.keep_start(self.first_window) // 2)
 
 
 def window_count(frames: int, plan: WindowPlan) -> int:

@@ -111,11 +111,14 @@ def run_segment(
     if stop is not None:
         frames = itertools.islice(frames, stop)
     writer: VideoWriter | None = None
-    next_frame = first = seg.first_output(plan, options.time_factor)
+    times = options.time_plan(spec.info.fps)
+    next_frame = first = seg.first_output(plan, times)
     end_window, n_in = seg.first_window, 0
     threads = options.threads or threads
     with torch_threads(threads):
-        pipe = build_pipeline(options.replace(device=device or options.device), model=model)
+        pipe = build_pipeline(
+            options.replace(device=device or options.device), model=model, in_fps=spec.info.fps
+        )
         if pipe.device.type == "cpu" and pipe.memory_budget is not None:
             pipe.memory_budget //= max(1, memory_share)
         try:
@@ -136,7 +139,7 @@ def run_segment(
                     win,
                     chunk,
                     next_frame,
-                    time_factor=options.time_factor,
+                    times=pipe.times,
                     writer=writer,
                     folder=part,
                 )

@@ -5,10 +5,10 @@ N-1 frames at t = 1/N, ..., (N-1)/N between each pair. The model is asked for
 them through :func:`model_frames`, which goes through the same pipeline as
 ``zsm upscale`` (:func:`zsm.upscale.upscale_frames` with ``time_factor=N``:
 N output frames per input, the last one held). Whether a model can is its
-descriptor's ``time_steps`` (:class:`zsm.models.descriptor.ModelDescriptor`)
-and the time factors the pipeline makes (:data:`zsm.options.TIME_FACTORS`);
-:func:`time_step_problem` says, in one line, why not. A model that makes any
-time step and a pipeline that takes its N need nothing else here.
+descriptor's ``time_steps`` (:class:`zsm.models.descriptor.ModelDescriptor`);
+:func:`time_step_problem` says, in one line, why not. The pipeline makes any N
+(:mod:`zsm.video.timing`), so a model that makes any time step needs nothing
+else here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from zsm import options as upscale_options
 from zsm.evaluation.results import time_labels
 from zsm.models.descriptor import describe
 from zsm.upscale import upscale_frames
@@ -41,12 +40,6 @@ def time_step_problem(model: object, time_factor: int) -> str | None:
         return (
             f"the model makes only t = 1/2 between inputs (its descriptor's time_steps is "
             f"False), time factor {time_factor} needs t = {wanted}"
-        )
-    if time_factor not in upscale_options.TIME_FACTORS:
-        factors = ", ".join(map(str, upscale_options.TIME_FACTORS))
-        return (
-            f"the model makes any time step, but the video pipeline makes time factors "
-            f"{factors} only, not {time_factor}"
         )
     return None
 

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 
 from zsm.errors import ZSMError
-from zsm.options import DEFAULTS, ENSEMBLE_PASSES, PRECISIONS
+from zsm.options import DEFAULT_TIME_FACTOR, DEFAULTS, ENSEMBLE_PASSES, PRECISIONS
 from zsm.ui import text
 from zsm.ui.jobs import JobState
 from zsm.ui.service import UpscaleService
@@ -53,9 +53,10 @@ def build_app(service: UpscaleService) -> gr.Blocks:
                         label="Weights",
                     )
                     time_factor = gr.Radio(
-                        choices=[("2x frame rate (smoother)", 2), ("same frame rate", 1)],
-                        value=DEFAULTS.time_factor,
+                        choices=text.TIME_FACTOR_CHOICES,
+                        value=DEFAULT_TIME_FACTOR,
                         label="Frame rate",
+                        info="3x, 4x and 8x need time-step weights",
                     )
                     precision = gr.Radio(
                         choices=list(PRECISIONS),

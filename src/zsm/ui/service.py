@@ -25,7 +25,7 @@ from zsm.demo import demo_clip, write_comparison
 from zsm.device import resolve_device
 from zsm.errors import InputError, ZSMError
 from zsm.models.registry import registered_weights, resolve_weights
-from zsm.options import DEFAULTS, UpscaleOptions
+from zsm.options import DEFAULT_TIME_FACTOR, DEFAULTS, UpscaleOptions
 from zsm.ui import text
 from zsm.ui.config import UiSettings
 from zsm.ui.files import Sweeper, WorkFolder, check_upload
@@ -98,7 +98,7 @@ class UpscaleService:
         device: str,
         precision: str = DEFAULTS.precision,
         ensemble: int = DEFAULTS.ensemble,
-        time_factor: int = DEFAULTS.time_factor,
+        time_factor: int = DEFAULT_TIME_FACTOR,
         crf: int = DEFAULTS.crf,
     ) -> Job:
         """Check the upload and options, then queue the upscaling; returns the job.
@@ -220,7 +220,7 @@ class UpscaleService:
         """
         request: JobRequest = job.context
         result: UpscaleResult = job.result
-        if job.state != JobState.DONE or request.options.time_factor != 2:
+        if job.state != JobState.DONE or request.options.effective_time_factor != 2:
             return None
         out = Comparison(request.folder / "side_by_side.mp4", request.folder / "contact_sheet.png")
         if not (out.side_by_side.is_file() and out.contact_sheet.is_file()):

@@ -7,6 +7,15 @@ from fractions import Fraction
 from zsm.video.io import VideoInfo
 from zsm.video.progress import Progress
 
+# The web app's frame-rate choices (label, time factor); any N >= 1 works in the API and CLI.
+TIME_FACTOR_CHOICES = [
+    ("2x frame rate (smoother)", 2),
+    ("same frame rate", 1),
+    ("3x frame rate", 3),
+    ("4x frame rate", 4),
+    ("8x frame rate", 8),
+]
+
 
 def clock(seconds: float) -> str:
     """``75.4`` -> ``1:15``; hours when needed (``1:02:03``)."""
@@ -23,7 +32,7 @@ def rate(fps: Fraction) -> str:
 def describe(name: str, info: VideoInfo, time_factor: int) -> str:
     """Markdown: the input's size, rate, duration and frames, and the output's."""
     frames = info.frame_count
-    duration = info.duration or (frames / info.fps if frames else None)
+    duration = info.duration or (float(frames / info.fps) if frames else None)
     about = "" if info.frame_count_exact else "about "
     parts = [f"{info.width}x{info.height}", f"{rate(info.fps)} fps"]
     if duration is not None:
@@ -35,7 +44,8 @@ def describe(name: str, info: VideoInfo, time_factor: int) -> str:
     out = [f"{4 * info.width}x{4 * info.height}", f"{rate(info.fps * time_factor)} fps"]
     if frames is not None:
         out.append(f"{about}{frames * time_factor} frames")
-    change = "4x size, 2x frame rate" if time_factor == 2 else "4x size, same frame rate"
+    change = f"{time_factor}x frame rate" if time_factor > 1 else "same frame rate"
+    change = f"4x size, {change}"
     return f"**Input** {name}: {', '.join(parts)}  \n**Output** {', '.join(out)} ({change})"
 
 

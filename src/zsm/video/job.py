@@ -30,6 +30,7 @@ from zsm.video.mux import SegmentFile, join
 from zsm.video.pipeline import Pipeline, output_frames
 from zsm.video.progress import ProgressCallback, ProgressReporter, check_cancel
 from zsm.video.resume import SegmentRecord, WorkDir
+from zsm.video.timing import TimePlan
 from zsm.video.windows import TooFewFrames, Window
 
 
@@ -41,7 +42,7 @@ class UpscaleJob:
     dst: Path
     work: WorkDir
     pipe: Pipeline | None
-    time_factor: int
+    times: TimePlan
     max_frames: int | None
     progress: bool | None
     segment_seconds: float
@@ -58,7 +59,7 @@ class UpscaleJob:
         if not self.work.complete:
             self._process()
         total = self.work.next_frame
-        n_in = total // 2 if self.time_factor == 2 else total
+        n_in = self.work.meta.get("input_frames") or input_frames(self.times, total)
         if self.fmt is None:
             install_folder(self.work.path / "frames", self.dst)
         else:
@@ -71,7 +72,7 @@ class UpscaleJob:
             return None
         if self.max_frames is not None:
             n = min(n, self.max_frames)
-        return n * self.time_factor
+        return self.times.count(n)
 
     def _prepare_frames_dir(self, keep: int) -> None:
         frames_dir = self.work.path / "frames"
@@ -110,6 +111,8 @@ class UpscaleJob:
                         writer = VideoWriter(part, self.settings, fmt=seg_fmt)
                 next_frame = self._write(win, chunk, next_frame, writer, bar)
                 del chunk  # before the next window's is made: one window in memory, not two
+                if win.last:
+                    work.set_meta(input_frames=win.stop)
                 if win.last or time.monotonic() - seg_start[2] >= self.segment_seconds:
                     file = None
                     if writer is not None:
@@ -154,7 +157,7 @@ class UpscaleJob:
             win,
             chunk,
             next_frame,
-            time_factor=self.time_factor,
+            times=self.times,
             writer=writer,
             folder=self.work.path / "frames",
         )
@@ -222,18 +225,24 @@ def install_folder(frames_dir: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def input_frames(times: TimePlan, outputs: int) -> int:
+    """The fewest input frames that give ``outputs`` output frames (the only count when the
+    output has at least the input's rate; for work folders that did not record it)."""
+    return (outputs - 1) * times.rate.denominator // times.rate.numerator + 1
+
+
 def write_window(
     win: Window,
     chunk: torch.Tensor,
     next_frame: int,
     *,
-    time_factor: int,
+    times: TimePlan,
     writer: VideoWriter | None,
     folder: Path,
 ) -> int:
     """Write one window's output frames, in order, to ``writer`` (else as PNGs into
     ``folder``), checking they continue at ``next_frame``; returns the next index."""
-    for index, frame in output_frames(win, chunk, time_factor=time_factor):
+    for index, frame in output_frames(win, chunk, times=times):
         if index != next_frame:
             raise RuntimeError(f"output frame {index} != expected {next_frame}")
         if writer is not None:

@@ -13,6 +13,11 @@ inside its window (except at the ends of the video). Consecutive windows
 share ``2*overlap + 1`` frames: one shared frame is the least that lets the
 frame halfway across the seam be made at all.
 
+At any other output rate (:mod:`zsm.video.timing`) a window owns the same
+stretch of time: the output frames whose times lie in
+:attr:`Window.owned_times` (the last window: to the end, held frames
+included), so each output frame still comes from exactly one window.
+
 The layout depends only on ``size``, ``overlap`` and the frame index, never
 on when the stream ends or where a run was resumed, so a resumed run
 reproduces an uninterrupted one exactly.
@@ -56,6 +61,12 @@ class Window:
     def local_keep(self) -> slice:
         """The owned outputs as a slice of this window's own ``2*(stop-start) - 1`` outputs."""
         return slice(self.keep_start - 2 * self.start, self.keep_stop - 2 * self.start)
+
+    @property
+    def owned_times(self) -> tuple[int, int | None]:
+        """The input-frame times this window owns, ``[start, stop)``; ``stop`` is ``None``
+        for the last window, which owns everything after its start (held frames too)."""
+        return self.keep_start // 2, None if self.last else self.keep_stop // 2
 
 
 @dataclass(frozen=True)
