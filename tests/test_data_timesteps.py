@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from zsm.data.augment import AugmentConfig
+from zsm.data.concat import ConcatSources
 from zsm.data.datasets import (
-    ConcatSources,
     FrameFolderClips,
     TimedClipSource,
     VideoFolderClips,

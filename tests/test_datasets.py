@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from zsm.data.augment import AugmentConfig, augment_clip, random_crop, random_flip_rotate
+from zsm.data.concat import ConcatSources
 from zsm.data.datasets import (
-    ConcatSources,
     FrameFolderClips,
     VideoFolderClips,
     VimeoSeptuplets,

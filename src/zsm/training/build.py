@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from zsm.data.augment import AugmentConfig
+from zsm.data.concat import ConcatSources
 from zsm.data.datasets import (
     CLIP_LENGTH,
     ClipSource,
-    ConcatSources,
     FrameFolderClips,
     TimedClipSource,
     VideoFolderClips,

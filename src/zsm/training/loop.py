@@ -17,10 +17,8 @@ computes and logs exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -28,16 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from zsm.data.pairs import TrainingPairs
 from zsm.engine.precision import autocast_dtype
 from zsm.errors import ZSMError
-from zsm.models.config import ZSMConfig
 from zsm.models.weights import load_state_strict, read_weights, save_weights
 from zsm.models.zsm import ZoomingSlowMo
 from zsm.training import checkpoint as ckpt
@@ -46,6 +40,8 @@ from zsm.training.config import RESUME_SAFE_KEYS, ConfigError, TrainConfig, flat
 from zsm.training.dist import Dist, StopSignals, ignore_sigint_in_worker, setup
 from zsm.training.ema import EMA
 from zsm.training.logs import RunLog
+from zsm.training.loss import charbonnier
+from zsm.training.runtime import _progress, _seed_everything, _sizes, _State, _unpack
 from zsm.training.sampler import DataOrder, RankBatches
 from zsm.training.schedule import CosineRestarts
 from zsm.training.validate import (
@@ -62,11 +58,6 @@ FINAL_WEIGHTS = "model.safetensors"
 VAL_TIME_FACTOR = 4  # val_psnr_y_x4 of a time-conditioned network
 
 
-def charbonnier(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Mean of ``sqrt((output - target)^2 + eps^2)``: a smooth L1 loss (the paper's, eps 1e-3)."""
-    return torch.sqrt((output - target) ** 2 + eps * eps).mean()
-
-
 @dataclass
 class TrainResult:
     """How a call to :meth:`Trainer.run` ended."""
@@ -76,24 +67,6 @@ class TrainResult:
     checkpoint: Path | None  # the last checkpoint written or loaded
     weights: Path | None  # final weights, when the run reached train.iterations
     stopped: str | None  # "SIGINT", "SIGTERM" or "stop_after" if stopped early
-
-
-@dataclass
-class _State:
-    """What one process holds during a run."""
-
-    model: ZoomingSlowMo
-    net: nn.Module  # the model, DDP-wrapped when distributed
-    params: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: CosineRestarts
-    scaler: torch.amp.GradScaler
-    ema: EMA | None
-    amp_dtype: torch.dtype | None
-    iteration: int = 0
-    samples_seen: int = 0
-    loss_sum: torch.Tensor | None = None  # loss summed since the last log line
-    loss_count: int = 0
 
 
 class Trainer:
@@ -510,52 +483,6 @@ class Trainer:
                 )
         log.scalars(s.iteration, **scores)
         return {k: round(v, 3) for k, v in scores.items()}
-
-
-def _unpack(
-    batch: list[torch.Tensor], dataset: TrainingPairs, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(lr, hr, flow or None, times or None) of a batch of ``dataset``, on ``device``."""
-    lr, hr, *rest = (t.to(device) for t in batch)
-    flow = rest.pop(0) if dataset.flow else None
-    times = rest.pop(0) if dataset.times is not None else None
-    return lr, hr, flow, times
-
-
-_FLOW_FIELDS = ("flow_guided", "max_residual")
-_TIME_FIELDS = ("time_conditioned",)
-
-
-def _sizes(config: ZSMConfig, *, flow: bool = False, time: bool = False) -> dict[str, Any]:
-    """A model config's fields, without those of flow guidance (``flow``) and of the time
-    input (``time``)."""
-    drop = (_FLOW_FIELDS if flow else ()) + (_TIME_FIELDS if time else ())
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in drop}
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None: ...
-
-    def set_postfix(self, **kwargs: object) -> None: ...
-
-    def write(self, text: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(start: int, total: int, *, enabled: bool):  # -> tqdm | _NoProgress
-    """Progress bar of iteration / total with loss, it/s (or s/it) and ETA."""
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, desc="train")
 
 
 def train(
