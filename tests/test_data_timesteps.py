@@ -25,7 +25,7 @@ from zsm.data.datasets import (
 )
 from zsm.data.pairs import DegradeConfig, TrainingPairs
 from zsm.data.synthetic import MotionConfig, SyntheticMotion
-from zsm.data.timesteps import TimeFactors, TimePlan
+from zsm.data.timesteps import SampleTimes, TimeFactors
 from zsm.training.build import build_training_set, build_validation, build_validation_at
 from zsm.training.config import ConfigError, DataSection, TrainConfig
 
@@ -81,15 +81,15 @@ def check_targets(lr: torch.Tensor, hr: torch.Tensor, times: torch.Tensor) -> tu
 
 
 def test_plan_offsets_times_and_reversal() -> None:
-    plan = TimePlan(4, (1, 3, 2))
+    plan = SampleTimes(4, (1, 3, 2))
     assert plan.inputs == 4 and plan.span == 13
     assert plan.offsets == (0, 1, 4, 7, 8, 10, 12)
     assert plan.times().flatten().tolist() == [0.25, 0.75, 0.5]
     back = plan.reversed()
-    assert back == TimePlan(4, (2, 1, 3))
+    assert back == SampleTimes(4, (2, 1, 3))
     # Played backwards, offset o becomes span-1-o: the in-betweens of the reversed plan.
     assert back.offsets == tuple(plan.span - 1 - o for o in reversed(plan.offsets))
-    assert TimePlan(2, (1, 1, 1)).offsets == tuple(range(7))  # the classic 7-frame clip
+    assert SampleTimes(2, (1, 1, 1)).offsets == tuple(range(7))  # the classic 7-frame clip
 
 
 def test_draw_is_seeded_weighted_and_fits_the_clip() -> None:
@@ -196,7 +196,7 @@ def test_file_sources_read_only_the_planned_frames(tmp_path: Path) -> None:
     write_frames(tmp_path / "frames", [12, 20])
     write_video(tmp_path / "v.mp4", 20)
     folder = FrameFolderClips(tmp_path / "frames", length=7, stride=2)
-    plan = TimePlan(4, (1, 3, 2))  # span 13: does not fit clip0's 12 frames
+    plan = SampleTimes(4, (1, 3, 2))  # span 13: does not fit clip0's 12 frames
     assert [folder.span(i) for i in range(len(folder))] == [12] * 3 + [20] * 7
     last = len(folder) - 1  # window 14..20 of clip1
     got = folder.frames_at(last, plan.offsets, None)[:, 0, 0, 0]

@@ -6,10 +6,10 @@ its n-1 gaps, one step j uniformly in 1..N-1, all from the sample's seeded
 generator, so a sample stays a pure function of its key. Its clip spans
 (n-1)*N+1 consecutive source frames: the n inputs are every N-th of them,
 the HR targets are the n inputs and, in every gap, the frame j/N of the way
-to the next input. Only these 2n-1 frames are read (:class:`TimePlan.offsets`),
+to the next input. Only these 2n-1 frames are read (:class:`SampleTimes.offsets`),
 so every sample has 2n-1 targets, as without time factors, and batches mix
 factors and steps freely; the network is told the time of each in-between
-target (:meth:`TimePlan.times`, shape (n-1, 1)).
+target (:meth:`SampleTimes.times`, shape (n-1, 1)).
 
 N = 2 is the classic setting (j = 1, t = 1/2: the 7-frame clip of 4 inputs).
 A clip shorter than the span of a factor draws only from the factors whose
@@ -27,7 +27,7 @@ import torch
 
 
 @dataclass(frozen=True)
-class TimePlan:
+class SampleTimes:
     """One sample's time factor ``factor`` (N) and in-between step ``steps[k]`` (j) per gap."""
 
     factor: int
@@ -51,9 +51,9 @@ class TimePlan:
             out += [k * self.factor + j, (k + 1) * self.factor]
         return tuple(out)
 
-    def reversed(self) -> TimePlan:
+    def reversed(self) -> SampleTimes:
         """The plan of the clip played backwards: gaps in reverse order, t -> 1 - t."""
-        return TimePlan(self.factor, tuple(self.factor - j for j in reversed(self.steps)))
+        return SampleTimes(self.factor, tuple(self.factor - j for j in reversed(self.steps)))
 
     def times(self) -> torch.Tensor:
         """float32 (n-1, 1): the time j/N of each gap's in-between target, in (0, 1)."""
@@ -99,7 +99,7 @@ class TimeFactors:
         """The factors whose span fits in ``max_span`` frames (``None``: all)."""
         return [f for f in self.factors if max_span is None or self.span(f) <= max_span]
 
-    def draw(self, rng: np.random.Generator, max_span: int | None = None) -> TimePlan:
+    def draw(self, rng: np.random.Generator, max_span: int | None = None) -> SampleTimes:
         """A factor among those that fit ``max_span`` (by their weights), then a step per gap."""
         weights = dict(zip(self.factors, self.weights or [1.0] * len(self.factors), strict=True))
         fit = self.fitting(max_span)
@@ -112,4 +112,4 @@ class TimeFactors:
         pick = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
         factor = fit[min(pick, len(fit) - 1)]
         steps = rng.integers(1, factor, size=self.inputs - 1)
-        return TimePlan(factor, tuple(int(j) for j in steps))
+        return SampleTimes(factor, tuple(int(j) for j in steps))

@@ -14,6 +14,8 @@ offset convs see them, and it is the deformable conv's base offset (see
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -120,15 +122,16 @@ class PyramidAlign(nn.Module):
         time_conditioned: bool = False,
     ) -> None:
         super().__init__()
-        kw = {
-            "nf": nf,
-            "groups": groups,
-            "max_residual": max_residual,
-            "time_conditioned": time_conditioned,
-        }
-        self.l3 = AlignLevel(coarsest=True, **kw)  # type: ignore[arg-type]
-        self.l2 = AlignLevel(coarsest=False, **kw)  # type: ignore[arg-type]
-        self.l1 = AlignLevel(coarsest=False, **kw)  # type: ignore[arg-type]
+        level = partial(
+            AlignLevel,
+            nf=nf,
+            groups=groups,
+            max_residual=max_residual,
+            time_conditioned=time_conditioned,
+        )
+        self.l3 = level(coarsest=True)
+        self.l2 = level(coarsest=False)
+        self.l1 = level(coarsest=False)
 
     def forward(
         self,
@@ -172,14 +175,15 @@ class FeatureInterpolation(nn.Module):
         time_conditioned: bool = False,
     ) -> None:
         super().__init__()
-        kw = {
-            "nf": nf,
-            "groups": groups,
-            "max_residual": max_residual,
-            "time_conditioned": time_conditioned,
-        }
-        self.align_a = PyramidAlign(**kw)  # type: ignore[arg-type]
-        self.align_b = PyramidAlign(**kw)  # type: ignore[arg-type]
+        pyramid = partial(
+            PyramidAlign,
+            nf=nf,
+            groups=groups,
+            max_residual=max_residual,
+            time_conditioned=time_conditioned,
+        )
+        self.align_a = pyramid()
+        self.align_b = pyramid()
         self.blend_time = TimeModulation(2 * nf) if time_conditioned else None
         self.blend = nn.Conv2d(2 * nf, nf, 1)
 

@@ -58,11 +58,6 @@ class Window:
     last: bool
 
     @property
-    def local_keep(self) -> slice:
-        """The owned outputs as a slice of this window's own ``2*(stop-start) - 1`` outputs."""
-        return slice(self.keep_start - 2 * self.start, self.keep_stop - 2 * self.start)
-
-    @property
     def owned_times(self) -> tuple[int, int | None]:
         """The input-frame times this window owns, ``[start, stop)``; ``stop`` is ``None``
         for the last window, which owns everything after its start (held frames too)."""
