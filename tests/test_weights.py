@@ -107,3 +107,44 @@ def test_unknown_weights_name() -> None:
         zsm.load_model("nope")
     with pytest.raises(WeightsError, match="weights file not found"):
         zsm.load_model("missing/file.safetensors")
+
+
+def test_export_script_writes_the_ema_as_float16_with_its_provenance(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from zsm.models.weights import save_weights
+
+    torch.manual_seed(0)
+    cfg = ZSMConfig(
+        nf=8, groups=2, front_RBs=1, back_RBs=1, hr_nf=8, global_skip=True, flow_guided=True,
+        time_conditioned=True,
+    )  # fmt: skip
+    ckpt = tmp_path / "iter_00001500"
+    ckpt.mkdir()
+    raw, ema = ZoomingSlowMo(cfg), ZoomingSlowMo(cfg)
+    save_weights(raw, ckpt / "model.safetensors")
+    save_weights(ema, ckpt / "ema.safetensors")
+    out = tmp_path / "shipped.safetensors"
+    script = Path(__file__).parents[1] / "scripts" / "export_weights.py"
+    run = [sys.executable, str(script), str(ckpt), str(out), "--recipe", "a test recipe"]
+    subprocess.run(run, check=True, capture_output=True)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+        names = f.keys()
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float16}
+    assert meta["zsm.weights"] == "EMA at iteration 1500"
+    assert meta["zsm.recipe"] == "a test recipe"
+    assert meta["zsm.time_factor"] == "any"
+    config, state, _ = read_weights(out)
+    assert config == cfg
+    for name, tensor in ema.state_dict().items():
+        torch.testing.assert_close(state[name].float(), tensor.half().float())
+    bad = subprocess.run(
+        [*run[:2], str(tmp_path / "nope"), str(out), "--recipe", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "no such checkpoint" in bad.stderr

@@ -55,7 +55,8 @@ def save_weights(
         CONFIG_KEY: model.config.to_json(),
         "zsm.parameters": str(sum(p.numel() for p in model.parameters())),
         "zsm.scale": "4",
-        "zsm.time_factor": "2",
+        # informational: "2" makes the frame halfway only; "any" makes any time step
+        "zsm.time_factor": "any" if model.config.time_conditioned else "2",
     }
     for key, value in (metadata or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
