@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import torch
 
 from zsm.errors import ZSMError
+from zsm.models import deform
 
 log = logging.getLogger("zsm")
 
@@ -36,6 +38,23 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # `zsm upscale` of a 640x360 clip (24 frames, back to back) 0.033 -> 0.068 output frames/s
 # (2.06x wall, 1.95x CPU time).
 AUTO_BF16_ON_CPU = True
+# Whether, under bf16 autocast on the CPU, the offset/mask conv of every deformable conv
+# runs in bf16 like the other convs (its output made float32 at once: the mask's sigmoid,
+# the flow-guided tanh bound and flow, and the sampling stay float32) rather than as a
+# float32 island on a float32 copy of its input. fp16 (GPUs) and bf16 on GPUs keep the
+# island. Env ZSM_BF16_OFFSET_CONVS=0 turns it off; in code, set_bf16_offset_convs().
+# Decided by measurement (README, "Precision"): MEASUREMENT
+BF16_OFFSET_CONVS: bool = os.environ.get("ZSM_BF16_OFFSET_CONVS", "1").strip() != "0"
+
+
+def set_bf16_offset_convs(enabled: bool) -> None:
+    """Set :data:`BF16_OFFSET_CONVS` (read by :mod:`zsm.models.deform` through its flag)."""
+    global BF16_OFFSET_CONVS
+    BF16_OFFSET_CONVS = bool(enabled)
+    deform.set_bf16_offset_convs(BF16_OFFSET_CONVS)
+
+
+set_bf16_offset_convs(BF16_OFFSET_CONVS)
 
 
 @functools.cache
