@@ -67,11 +67,10 @@ def quality(args: argparse.Namespace) -> int:
             list(zsm.upscale_frames(frames, model=model, device="cpu", precision=precision))
         )
         print(f"{name}: {len(out[name])} frames in {time.perf_counter() - t0:.1f} s")
-    a = out["fp32"]
-    for name in ("bf16-off", "bf16-on"):
-        b = out[name]
+    for name, ref in (("bf16-off", "fp32"), ("bf16-on", "fp32"), ("bf16-on", "bf16-off")):
+        a, b = out[ref], out[name]
         print(
-            f"PSNR {name} vs fp32: all frames {_psnr(a, b):.2f} dB, input times "
+            f"PSNR {name} vs {ref}: all frames {_psnr(a, b):.2f} dB, input times "
             f"{_psnr(a[0::2], b[0::2]):.2f} dB, in between {_psnr(a[1::2], b[1::2]):.2f} dB; "
             f"max difference {int(np.abs(a.astype(int) - b.astype(int)).max())} levels"
         )
