@@ -7,8 +7,9 @@
 Every mode runs float32 and bf16 with the offset/mask convs both ways
 (``bf16-off``: the float32 island; ``bf16-on``: in bf16, the default;
 ``BF16_OFFSET_CONVS`` in ``zsm/engine/precision.py``), switched in the same
-process. ``quality`` upscales the bundled demo clip with the bundled weights
-under each and prints the PSNR between each bf16 set of uint8 frames and the
+process. ``quality`` upscales the bundled demo clip with bundled weights
+(``--weights``, default ``zsm-compact``) under each and prints the PSNR
+between each bf16 set of uint8 frames and the
 fp32 one (all frames, input times, in between). ``train`` builds the training
 state of a recipe (default ``configs/zsm-compact.toml``: the compact model,
 batch 4, LR patch 24, 7 frames, gradient clipping, EMA) once with
@@ -57,7 +58,8 @@ def quality(args: argparse.Namespace) -> int:
     from zsm.video.io import iter_frames, probe
 
     frames = list(iter_frames(probe(demo_clip())))[: args.frames]
-    model = zsm.load_model("zsm-compact")
+    model = zsm.load_model(args.weights)
+    print(f"{args.weights}: the demo clip, {len(frames)} frames")
     out = {}
     for name, (bf16, on) in VARIANTS.items():
         _offsets(on)
@@ -168,6 +170,7 @@ def main() -> int:
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--frames", type=int, default=None, help="first N frames of the clip")
+    q.add_argument("--weights", default="zsm-compact", help="bundled name or .safetensors")
     q.set_defaults(func=quality)
     for what, func, steps in (("train", train_step, 5), ("forward", forward, 3)):
         t = sub.add_parser(what)
