@@ -1,20 +1,28 @@
-"""bfloat16 against float32 on the CPU: output quality, and training-step speed, side by side.
+"""bfloat16 against float32 on the CPU: output quality, training-step and forward speed.
 
     python benchmarks/precision.py quality             # the demo clip, bf16 vs fp32 frames
     python benchmarks/precision.py train --steps 5     # one step of the shipped recipe
+    python benchmarks/precision.py forward             # the compact network, 3 frames
 
-``quality`` upscales the bundled demo clip with the bundled weights in fp32
-and in bf16 and prints the PSNR between the two sets of uint8 frames (and
-against each other's interpolated frames only). ``train`` builds the training
+Every mode runs float32 and bf16 with the offset/mask convs both ways
+(``bf16-off``: the float32 island; ``bf16-on``: in bf16, the default;
+``BF16_OFFSET_CONVS`` in ``zsm/engine/precision.py``), switched in the same
+process. ``quality`` upscales the bundled demo clip with bundled weights
+(``--weights``, default ``zsm-compact``) under each and prints the PSNR
+between each bf16 set of uint8 frames and the
+fp32 one (all frames, input times, in between). ``train`` builds the training
 state of a recipe (default ``configs/zsm-compact.toml``: the compact model,
-batch 4, LR patch 24, 7 frames, gradient clipping, EMA) twice, with
-``train.amp`` ``off`` and ``bf16``, exactly as ``zsm train`` does (bf16 on
-the CPU also makes the network channels-last), and times the loop's own
-training step (forward, loss, backward, clipping, Adam, scheduler, EMA) on
-random frames of the recipe's size under each, interleaved, one thread,
-with the process's CPU time as the clock by default (steadier on a machine
-shared with other work); it prints the best and median of each and their
-ratios.
+batch 4, LR patch 24, 7 frames, gradient clipping, EMA) once with
+``train.amp`` ``off`` and twice with ``bf16``, exactly as ``zsm train`` does
+(bf16 on the CPU also makes the network channels-last), and times the loop's
+own training step (forward, loss, backward, clipping, Adam, scheduler, EMA)
+on random frames of the recipe's size (a flow-guided recipe: and a random
+LR flow) under each, interleaved, one thread, with the process's CPU time as
+the clock by default (steadier on a machine shared with other work).
+``forward`` times the inference engine's forward pass (``zsm.engine.prepare``,
+the CPU rewrites) of the bundled ``zsm-compact`` weights on 3 random frames
+of 176x144, the same way. Both print the best and median of each and the
+ratios to fp32.
 """
 
 from __future__ import annotations
@@ -24,14 +32,24 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
+
+# name -> (bf16 autocast, offset/mask convs in bf16)
+VARIANTS = {"fp32": (False, False), "bf16-off": (True, False), "bf16-on": (True, True)}
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _offsets(on: bool) -> None:
+    from zsm.engine.precision import set_bf16_offset_convs
+
+    set_bf16_offset_convs(on)
 
 
 def quality(args: argparse.Namespace) -> int:
@@ -40,20 +58,60 @@ def quality(args: argparse.Namespace) -> int:
     from zsm.video.io import iter_frames, probe
 
     frames = list(iter_frames(probe(demo_clip())))[: args.frames]
-    model = zsm.load_model("zsm-compact")
+    model = zsm.load_model(args.weights)
+    print(f"{args.weights}: the demo clip, {len(frames)} frames")
     out = {}
-    for precision in ("fp32", "bf16"):
+    for name, (bf16, on) in VARIANTS.items():
+        _offsets(on)
         t0 = time.perf_counter()
-        out[precision] = np.stack(
+        precision = "bf16" if bf16 else "fp32"
+        out[name] = np.stack(
             list(zsm.upscale_frames(frames, model=model, device="cpu", precision=precision))
         )
-        print(f"{precision}: {len(out[precision])} frames in {time.perf_counter() - t0:.1f} s")
-    a, b = out["fp32"], out["bf16"]
-    print(f"PSNR bf16 vs fp32, all frames: {_psnr(a, b):.2f} dB")
-    print(f"                 input times: {_psnr(a[0::2], b[0::2]):.2f} dB")
-    print(f"                  in between: {_psnr(a[1::2], b[1::2]):.2f} dB")
-    print(f"max difference: {int(np.abs(a.astype(int) - b.astype(int)).max())} levels")
+        print(f"{name}: {len(out[name])} frames in {time.perf_counter() - t0:.1f} s")
+    for name, ref in (("bf16-off", "fp32"), ("bf16-on", "fp32"), ("bf16-on", "bf16-off")):
+        a, b = out[ref], out[name]
+        print(
+            f"PSNR {name} vs {ref}: all frames {_psnr(a, b):.2f} dB, input times "
+            f"{_psnr(a[0::2], b[0::2]):.2f} dB, in between {_psnr(a[1::2], b[1::2]):.2f} dB; "
+            f"max difference {int(np.abs(a.astype(int) - b.astype(int)).max())} levels"
+        )
     return 0
+
+
+def _interleaved(args: argparse.Namespace, runs: dict[str, Callable[[], None]]) -> None:
+    """Time each of ``runs`` (a warm-up, then ``args.steps`` rounds, one of each per round)."""
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+
+    def once(name: str) -> float:
+        _offsets(VARIANTS[name][1])
+        t0 = clock()
+        runs[name]()
+        return clock() - t0
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name in runs:  # warm-up (kernels compiled, allocator filled)
+        once(name)
+    for _ in range(args.steps):
+        for name in runs:
+            times[name].append(once(name))
+    for name, t in times.items():
+        print(f"{name}: best {min(t):.3f} s, median {statistics.median(t):.3f} s")
+    ref = times["fp32"]
+    for name in ("bf16-off", "bf16-on"):
+        t = times[name]
+        ratio = statistics.median(a / b for a, b in zip(ref, t, strict=True))
+        print(
+            f"{name} speed-up: {min(ref) / min(t):.2f}x (best), "
+            f"{ratio:.2f}x (median of paired ratios)"
+        )
+    ratio = statistics.median(
+        a / b for a, b in zip(times["bf16-off"], times["bf16-on"], strict=True)
+    )
+    print(
+        f"bf16-on vs bf16-off: {min(times['bf16-off']) / min(times['bf16-on']):.2f}x (best), "
+        f"{ratio:.2f}x (median of paired ratios)"
+    )
 
 
 def train_step(args: argparse.Namespace) -> int:
@@ -62,41 +120,48 @@ def train_step(args: argparse.Namespace) -> int:
     from zsm.training.loop import Trainer
 
     torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "process" else time.perf_counter
     cpu = Dist(rank=0, world_size=1, device=torch.device("cpu"))
-    runs = {}
-    for name, amp in (("fp32", "off"), ("bf16", "bf16")):
-        trainer = Trainer(load_config(args.config, [f"train.amp={amp}"]))
-        runs[name] = (trainer, trainer._build_state(cpu))
+    built = {}
+    for name, (bf16, _) in VARIANTS.items():
+        trainer = Trainer(load_config(args.config, [f"train.amp={'bf16' if bf16 else 'off'}"]))
+        built[name] = (trainer, trainer._build_state(cpu))
     data = trainer.config.data
     b, n, p = data.batch_size, (data.clip_frames + 1) // 2, data.lr_patch
     gen = torch.Generator().manual_seed(0)
     lr = torch.rand(b, n, 3, p, p, generator=gen)
     hr = torch.rand(b, 2 * n - 1, 3, 4 * p, 4 * p, generator=gen)
+    flow_guided = built["fp32"][1].model.config.flow_guided
+    flow = 2 * torch.randn(b, n - 1, 4, p, p, generator=gen) if flow_guided else None
     print(
-        f"{args.config}: batch {b}, LR patch {p}, {n} -> {2 * n - 1} frames; "
+        f"{args.config}: batch {b}, LR patch {p}, {n} -> {2 * n - 1} frames"
+        f"{', flow-guided' if flow_guided else ''}; {args.threads} thread(s), {args.clock} clock"
+    )
+
+    def stepper(name: str) -> Callable[[], None]:
+        trainer, state = built[name]
+        return lambda: trainer._step(state, lr, hr, flow)
+
+    _interleaved(args, {name: stepper(name) for name in built})
+    return 0
+
+
+def forward(args: argparse.Namespace) -> int:
+    import zsm
+    from zsm.engine import prepare
+
+    torch.set_num_threads(args.threads)
+    model = zsm.load_model(args.weights)
+    nets = {
+        name: prepare(model, "cpu", precision="bf16" if bf16 else "fp32")
+        for name, (bf16, _) in VARIANTS.items()
+    }
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.rand(1, args.frames, 3, args.height, args.width, generator=gen)
+    print(
+        f"{args.weights}: forward of {args.frames} frames of {args.width}x{args.height}; "
         f"{args.threads} thread(s), {args.clock} clock"
     )
-
-    def step(name: str) -> float:
-        trainer, state = runs[name]
-        t0 = clock()
-        trainer._step(state, lr, hr)
-        return clock() - t0
-
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for name in runs:  # warm-up (kernels compiled, allocator filled)
-        step(name)
-    for _ in range(args.steps):
-        for name in runs:
-            times[name].append(step(name))
-    for name, t in times.items():
-        print(f"{name}: best {min(t):.3f} s, median {statistics.median(t):.3f} s per step")
-    ratio = statistics.median(a / b for a, b in zip(times["fp32"], times["bf16"], strict=True))
-    print(
-        f"bf16 speed-up: {min(times['fp32']) / min(times['bf16']):.2f}x (best), "
-        f"{ratio:.2f}x (median of paired ratios)"
-    )
+    _interleaved(args, {name: (lambda net=net: net(frames)) for name, net in nets.items()})
     return 0
 
 
@@ -105,13 +170,22 @@ def main() -> int:
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("quality")
     q.add_argument("--frames", type=int, default=None, help="first N frames of the clip")
+    q.add_argument("--weights", default="zsm-compact", help="bundled name or .safetensors")
     q.set_defaults(func=quality)
-    t = sub.add_parser("train")
-    t.add_argument("--config", default="zsm-compact", help="recipe (default: zsm-compact)")
-    t.add_argument("--steps", type=int, default=5)
-    t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--clock", choices=("process", "wall"), default="process")
-    t.set_defaults(func=train_step)
+    for what, func, steps in (("train", train_step, 5), ("forward", forward, 3)):
+        t = sub.add_parser(what)
+        t.add_argument("--steps", type=int, default=steps, help="rounds after the warm-up")
+        t.add_argument("--threads", type=int, default=1)
+        t.add_argument("--clock", choices=("process", "wall"), default="process")
+        t.set_defaults(func=func)
+    sub.choices["train"].add_argument(
+        "--config", default="zsm-compact", help="recipe (default: zsm-compact)"
+    )
+    f = sub.choices["forward"]
+    f.add_argument("--weights", default="zsm-compact", help="bundled name or .safetensors")
+    f.add_argument("--frames", type=int, default=3)
+    f.add_argument("--width", type=int, default=176)
+    f.add_argument("--height", type=int, default=144)
     args = p.parse_args()
     return args.func(args)
 

@@ -325,19 +325,34 @@ def test_shape_errors() -> None:
         deform_conv2d_cpu(case["x"], case["offset"], case["mask"][:, :-1], case["weight"], None, 1)
 
 
-def test_autocast_keeps_offsets_and_sampling_in_float32() -> None:
-    """Under autocast the offset conv and the sampling run in fp32 (CPU autocast here);
-    the CPU backend's GEMM runs in bf16, so the output is bf16 (tests/test_dcn_bf16.py)."""
+@pytest.mark.parametrize("bf16_offset_convs", [False, True], ids=["fp32-conv", "bf16-conv"])
+def test_autocast_keeps_offsets_and_sampling_in_float32(bf16_offset_convs: bool) -> None:
+    """Under autocast the offsets, the mask and the sampling are fp32 (CPU autocast here);
+    the offset conv itself runs in fp32 or, with BF16_OFFSET_CONVS, in bf16
+    (tests/test_bf16_offsets.py); the CPU backend's GEMM runs in bf16, so the output is
+    bf16 (tests/test_dcn_bf16.py)."""
+    from zsm.engine import precision
+
     torch.manual_seed(0)
     layer = ModulatedDeformConv2d(16, 8, offset_groups=2)
     torch.nn.init.normal_(layer.offset_mask.weight, std=0.2)
     x = torch.randn(2, 16, 6, 7).bfloat16()
     feat = torch.randn(2, 16, 6, 7).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        offset, mask = layer.offsets_and_mask(feat)
-        out = layer(x, feat)
+    before = precision.BF16_OFFSET_CONVS
+    precision.set_bf16_offset_convs(bf16_offset_convs)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            offset, mask = layer.offsets_and_mask(feat)
+            out = layer(x, feat)
+    finally:
+        precision.set_bf16_offset_convs(before)
     assert offset.dtype == mask.dtype == torch.float32
     assert out.dtype == torch.bfloat16
-    expected = layer(x.float(), feat.float())  # same bf16-rounded inputs, no autocast
+    if bf16_offset_convs:  # the same offsets and mask, sampled without autocast
+        expected = modulated_deform_conv2d(
+            x.float(), offset, mask, layer.weight, layer.bias, padding=layer.padding
+        )
+    else:
+        expected = layer(x.float(), feat.float())  # same bf16-rounded inputs, no autocast
     rel = (out.float() - expected).norm() / expected.norm()
     assert rel.item() < 1e-2  # bf16 GEMM rounding only

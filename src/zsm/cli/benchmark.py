@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "fp16", "bf16"),
         default="fp32",
         help="fp32 (default), or the network under bf16 (CPU or GPU) or fp16 (GPU) autocast "
-        "as `zsm upscale --precision` runs it (offsets and deformable sampling stay fp32), "
+        "as `zsm upscale --precision` runs it (deformable sampling and the offsets stay fp32; "
+        "the offset convs run in bf16 on a CPU, in fp32 elsewhere), "
         "against the dense conv in that precision and, timed in the same rounds, the fp32 "
         "network and dense conv; the DCN alone then runs in it too (NHWC on a CPU)",
     )
