@@ -286,6 +286,13 @@ def test_cli_errors_are_one_line(vid4_like: Path, tmp_path: Path, capsys) -> Non
     missing = str(tmp_path / "missing.safetensors")
     assert main(["evaluate", str(vid4_like), "--weights", missing]) == 2
     assert "--baselines-only" in capsys.readouterr().err
+    out = tmp_path / "report"
+    argv = ["evaluate", str(vid4_like), "--baselines-only", "--crop-border", "19"]
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"calendar's {W}x{H} frames less a border crop of 19 are too small to score" in err
+    assert not out.exists()
 
 
 # --- --time-factor N ----------------------------------------------------------------------------

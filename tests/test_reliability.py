@@ -308,7 +308,9 @@ def test_sigterm_mid_run_then_resume(tmp_path, video_make_clip, video_tiny_weigh
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line, with the way on
+    assert re.match(r"zsm: terminated \(SIGTERM\); \d+ finished output frames kept in ", err)
+    assert err.rstrip().endswith("rerun with --resume to continue"), err
     assert not dst.exists()
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]  # temporary files removed
     assert (work / "manifest.json").is_file()
@@ -343,3 +345,53 @@ def test_weights_of_another_preset_are_named(tmp_path, video_make_clip, video_ti
     assert code == 2
     _one_line_error(capsys.readouterr().err, r"claims-nf16\.safetensors.*shape")
     assert not (tmp_path / "o.mp4").exists()
+
+
+# --- bad option values: one line, never the usage or a traceback -----------------------------
+
+BAD_OPTIONS = {
+    "--time-factor 0": (["upscale", "in.mp4", "-o", "o.mp4", "--time-factor", "0"], "must be >= 1"),
+    "--fps -1": (["upscale", "in.mp4", "-o", "o.mp4", "--fps", "-1"], "must be > 0"),
+    "--fps abc": (["upscale", "in.mp4", "-o", "o.mp4", "--fps", "abc"], "not a frame rate"),
+    "--segment-seconds -1": (
+        ["upscale", "in.mp4", "-o", "o.mp4", "--segment-seconds", "-1"],
+        "must be >= 0",
+    ),
+    "--segment-seconds nan": (
+        ["upscale", "in.mp4", "-o", "o.mp4", "--segment-seconds", "nan"],
+        "finite",
+    ),
+    "no -o": (["upscale", "in.mp4"], "required: -o/--output"),
+    "ui --port 70000": (["ui", "--port", "70000"], "must be 1 to 65535"),
+    "ui --max-upload-mb nan": (["ui", "--max-upload-mb", "nan"], "finite"),
+    "train --stop-after -1": (["train", "x.toml", "--stop-after", "-1"], "must be >= 0"),
+    "benchmark --size": (["benchmark", "--size", "16by12"], "WIDTHxHEIGHT"),
+    "unknown command": (["upscal"], "invalid choice: 'upscal'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS)
+def test_bad_option_values_are_one_line(capsys, case: str) -> None:
+    argv, message = BAD_OPTIONS[case]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and "usage:" not in err, err
+    assert message in err and err.rstrip().endswith("--help)"), err
+
+
+def test_option_the_library_refuses_is_one_line(tmp_path, video_make_clip, cli) -> None:
+    src = video_make_clip(frames=3)
+    code, err = cli(src, tmp_path / "out.mp4", "--ray=")
+    assert code == 2
+    _one_line_error(err, r"ray must be a cluster address")
+
+
+def test_encoder_that_refuses_the_settings(tmp_path, video_make_clip, cli) -> None:
+    """mjpeg exists and fits MKV but will not open for yuv420p: said before any work."""
+    src = video_make_clip(frames=3)
+    code, err = cli(src, tmp_path / "out.mkv", "--codec", "mjpeg")
+    assert code == 2
+    _one_line_error(err, r"the mjpeg encoder refuses 96x64 yuv420p video.*another --codec")
+    assert _listing(tmp_path) == {"clip.mp4"}

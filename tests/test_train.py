@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,6 +157,35 @@ def test_overrides_and_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "nothing.toml")
     with pytest.raises(ConfigError, match="lists no training source"):
         TrainConfig.from_dict({})
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ('optim.lr="fast"', "optim.lr must be a number, got 'fast'"),
+        ("train.iterations=[", "train.iterations must be an integer, got '['"),  # not TOML
+        ("train.iterations=1.5", "train.iterations must be an integer, got 1.5"),
+        ("data.flips=1", "data.flips must be a boolean (true/false), got 1"),
+        ('optim.betas=["a", 1]', "optim.betas must be a list of numbers"),
+        ('model.nf="8"', "model.nf must be an integer or none, got '8'"),
+        ("data.val=3", "data.val must be a table or a list of tables or none, got 3"),
+    ],
+)
+def test_values_of_the_wrong_type_are_named(override: str, message: str) -> None:
+    """A config error, before anything compares or builds with them (no TypeError)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(REPO / "configs" / "compact-cpu.toml", [override])
+
+
+def test_run_folder_that_cannot_be_made_is_one_line(vimeo: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").write_text("a file")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(_to_toml(tiny_dict(vimeo, tmp_path / "run", iterations=1)))
+    assert cli_main(["train", str(cfg), "--run-dir", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    taken = tmp_path / "taken"
+    assert err == f"zsm: error: cannot make folder {taken}: a file of that name is in the way\n"
+    assert (tmp_path / "taken").read_text() == "a file" and not (tmp_path / "run").exists()
 
 
 def test_yaml_configs_read_like_toml(tmp_path: Path) -> None:

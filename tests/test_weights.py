@@ -64,6 +64,16 @@ def _official_state(config: ZSMConfig) -> dict[str, torch.Tensor]:
     return {off: ours[name].clone() for off, name in official_name_map(config).items()}
 
 
+def test_convert_refuses_to_overwrite_its_input(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "official.pth"
+    torch.save(_official_state(TINY), path)
+    before = path.read_bytes()
+    assert main(["convert-weights", str(path), str(tmp_path / "." / "official.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input; choose another name" in err, err
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_official_config_is_inferred_from_shapes() -> None:
     config = ZSMConfig(nf=16, groups=4, front_RBs=3, back_RBs=2, hr_nf=24)
     model = model_from_official_state(_official_state(config), "ckpt")

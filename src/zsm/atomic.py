@@ -20,7 +20,22 @@ def describe_os_error(exc: OSError, path: Path | str) -> str:
         return f"cannot write {path}: permission denied"
     if exc.errno == errno.ENOENT:
         return f"cannot write {path}: folder {Path(path).parent} does not exist"
+    if exc.errno == errno.EEXIST and not Path(path).is_dir():
+        return f"cannot make folder {path}: a file of that name is in the way"
+    if exc.errno == errno.EISDIR:
+        return f"cannot write {path}: it is a folder"
     return f"cannot write {path}: {exc.strerror or exc}"
+
+
+def make_folder(path: Path | str) -> Path:
+    """``mkdir -p path``; an OS error (a file in the way, no permission) is an
+    :class:`OutputError` naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, path)) from exc
+    return path
 
 
 @contextlib.contextmanager

@@ -309,11 +309,9 @@ def upscale_video(
             n_in, n_out, resumed = job.run()
     except BaseException as exc:
         if work.segments and not isinstance(exc, Cancelled):
-            log.warning(
-                "zsm: %d finished output frames kept in %s; rerun with --resume to continue",
-                work.next_frame,
-                work.path,
-            )
+            # A note, not a log line: the command line says it on its one line of error.
+            kept = f"{work.next_frame} finished output frames kept in {work.path}"
+            exc.add_note(f"{kept}; rerun with --resume to continue")
         else:
             work.remove()
         raise

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from zsm import __version__
 
@@ -22,8 +23,16 @@ from zsm import __version__
 SUBCOMMANDS = ("demo", "upscale", "ui", "evaluate", "train", "benchmark", "convert_weights", "info")
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other failure's: the cause
+    and where to read the usage, instead of the usage itself (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="zsm",
         description="One-stage space-time video super-resolution (Zooming Slow-Mo): "
         "4x larger, 2x higher frame rate.",
@@ -77,14 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZSMError as exc:
         if args.debug:
             raise
-        print(f"zsm: error: {exc}", file=sys.stderr)
+        print(_one_line(f"zsm: error: {exc}", exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         if args.debug:
             raise
         terminated = isinstance(exc, Terminated)
-        print(f"zsm: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(_one_line(f"zsm: {what}", exc), file=sys.stderr)
         return 143 if terminated else 130
+
+
+def _one_line(message: str, exc: BaseException) -> str:
+    """``message`` and the exception's notes (what was kept, how to resume) on one line."""
+    return "; ".join([message, *getattr(exc, "__notes__", ())]).replace("\n", " ")
 
 
 def entry() -> None:  # pragma: no cover - console script wrapper

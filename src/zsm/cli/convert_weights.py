@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from zsm.errors import OutputError
+
+    if args.output.exists() and args.input.exists() and args.output.samefile(args.input):
+        raise OutputError(f"output {args.output} is the input; choose another name")
     model = read_official_checkpoint(args.input)
     save_weights(
         model,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from zsm.cli.args import int_at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: train.out_dir)")
     p.add_argument(
         "--stop-after",
-        type=int,
+        type=int_at_least(0),
         default=None,
         metavar="N",
         help="checkpoint and stop after N more iterations (continue later with --resume)",

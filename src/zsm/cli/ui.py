@@ -6,17 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from zsm.cli.args import int_at_least
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-_positive.__name__ = "number"
+from zsm.cli.args import int_at_least, int_between, positive_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "anyone on the network use the app)",
     )
     p.add_argument(
-        "--port", type=int_at_least(1), help="port (default: the first free one from 7860)"
+        "--port", type=int_between(1, 65535), help="port (default: the first free one from 7860)"
     )
     p.add_argument(
         "--work-dir",
@@ -46,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-upload-mb",
-        type=_positive,
+        type=positive_float,
         default=DEFAULT_MAX_UPLOAD_MB,
         metavar="MB",
         help=f"largest upload accepted (default {DEFAULT_MAX_UPLOAD_MB:g} MB)",
     )
     p.add_argument(
         "--keep-minutes",
-        type=_positive,
+        type=positive_float,
         default=DEFAULT_KEEP_MINUTES,
         metavar="M",
         help=f"remove uploads and results after M minutes (default {DEFAULT_KEEP_MINUTES:g})",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zsm.cli.args import frame_rate, int_at_least, positive_float
+from zsm.cli.args import frame_rate, int_at_least, non_negative_float, positive_float
 from zsm.device import DEVICES
 from zsm.options import (
     DEFAULT_FOLDER_FPS,
@@ -42,17 +42,21 @@ OPTION_ARGS = (
 
 
 def options_from_args(args: argparse.Namespace) -> UpscaleOptions:
-    """The :class:`~zsm.options.UpscaleOptions` that the parsed arguments name."""
+    """The :class:`~zsm.options.UpscaleOptions` that the parsed arguments name (a value
+    they reject is a :class:`~zsm.errors.ZSMError`)."""
+    from zsm.errors import ZSMError
+
     given = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k, None) is not None}
     if getattr(args, "frames", None) is not None:
         given["max_frames"] = args.frames
     if getattr(args, "half", False):
         if given.get("precision", "fp16") != "fp16":
-            from zsm.errors import ZSMError
-
             raise ZSMError(f"--half is --precision fp16, not {given['precision']}; give one")
         given["precision"] = "fp16"
-    return UpscaleOptions(**given)
+    try:
+        return UpscaleOptions(**given)
+    except ValueError as exc:  # e.g. --ray= (an empty address)
+        raise ZSMError(f"invalid option: {exc}") from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -171,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--segment-seconds",
-        type=float,
+        type=non_negative_float,
         metavar="S",
         help="close a finished segment in the work folder every S seconds of work; what "
         f"--resume keeps after an interruption (default {DEFAULTS.segment_seconds:g})",

@@ -29,7 +29,7 @@ from zsm.errors import InputError
 from zsm.evaluation.baselines import BASELINES
 from zsm.evaluation.crops import GainTracker
 from zsm.evaluation.data import find_clips
-from zsm.evaluation.metrics import LPIPS, psnr_y, ssim_y
+from zsm.evaluation.metrics import LPIPS, SSIM_WINDOW, psnr_y, ssim_y
 from zsm.evaluation.model import model_frames, time_step_problem
 from zsm.evaluation.prepare import prepare_clip
 from zsm.evaluation.results import (
@@ -83,6 +83,13 @@ def evaluate_clip(
     read = (lambda: iter(hr)) if isinstance(hr, np.ndarray) else hr
     factor = options.time_factor
     prep = prepare_clip(read(), time_factor=factor)
+    border = options.crop_border
+    if min(prep.width, prep.height) - 2 * border < SSIM_WINDOW:
+        cropped = f" less a border crop of {border}" if border else ""
+        raise InputError(
+            f"{name}'s {prep.width}x{prep.height} frames{cropped} are too small to score: "
+            f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels"
+        )
     lr = prep.lr
     gt = prep.targets(read)
     kinds = [RECONSTRUCTED if i % factor == 0 else INTERPOLATED for i in range(prep.count)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,7 +204,47 @@ def _section(cls: type, name: str, values: Any) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown keys in [{name}]: {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _fits(value, hints[key]):
+            raise ConfigError(f"{name}.{key} must be {_describe(hints[key])}, got {value!r}")
     return cls(**values)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a TOML/YAML ``value`` has the type ``hint`` (an int does for a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """``int | None`` -> ``an int or none``, for messages."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "none"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if typing.get_origin(hint) is dict:
+        return "a table"
+    word = {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}
+    name = word.get(hint, getattr(hint, "__name__", str(hint)))
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def validate(config: TrainConfig) -> None:

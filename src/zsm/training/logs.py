@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from zsm.atomic import atomic_path
+from zsm.atomic import atomic_path, describe_os_error, make_folder
+from zsm.errors import OutputError
 
 LOG_NAME = "log.jsonl"
 
@@ -33,18 +34,28 @@ class RunLog:
     """
 
     def __init__(
-        self, run_dir: Path, *, tensorboard: bool = True, resume_from: int | None = None
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool = True,
+        resume_from: int | None = None,
+        config: str | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """``config``: the run's config as JSON, written (atomically) to ``RUN/config.json``."""
+        self.run_dir = make_folder(run_dir)
         self.path = self.run_dir / LOG_NAME
-        if resume_from is None:
-            self.path.write_text("")
-        else:
+        kept = []
+        if resume_from is not None:
             kept = [e for e in read_log(self.run_dir) if e.get("iter", 0) <= resume_from]
-            with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        self._file = self.path.open("a")
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        if config is not None:
+            with atomic_path(self.run_dir / "config.json") as tmp:
+                tmp.write_text(config + "\n")
+        try:
+            self._file = self.path.open("a")
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from exc
         self._tb = None
         if tensorboard:
             self._tb = _tensorboard_writer(self.run_dir / "tensorboard", purge_step=resume_from)

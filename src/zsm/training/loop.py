@@ -340,10 +340,10 @@ class Trainer:
 
         log = None
         if d.is_main:
+            since = start if resume else None
             log = RunLog(
-                self.run_dir, tensorboard=t.tensorboard, resume_from=start if resume else None
+                self.run_dir, tensorboard=t.tensorboard, resume_from=since, config=cfg.to_json()
             )
-            (self.run_dir / "config.json").write_text(cfg.to_json() + "\n")
             if not resume and val_clips:
                 start_scores = {
                     "val_psnr_y_bicubic": bicubic_psnr_y(val_clips),

@@ -167,6 +167,13 @@ class VideoWriter:
                 ctx.bit_rate = int(0.25 * s.width * s.height * float(s.fps))
             if s.threads:
                 ctx.thread_count = s.threads
+            ctx.open()  # now, not at the first frame: an encoder may refuse these settings
+        except av.FFmpegError as exc:
+            self.container.close()
+            raise OutputError(
+                f"the {s.codec} encoder refuses {s.width}x{s.height} {st.pix_fmt} video "
+                f"({exc}); choose another --codec"
+            ) from exc
         except BaseException:
             self.container.close()
             raise
