@@ -586,6 +586,18 @@ def test_auto_amp_stays_float32_on_the_cpu(vimeo: Path, tmp_path: Path) -> None:
         assert Trainer(tiny(vimeo, tmp_path, amp=amp))._amp_dtype(torch.device("cpu")) is None
 
 
+def test_fp16_training_on_the_cpu_warns_as_inference_does(
+    vimeo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zsm.engine import precision
+    from zsm.training.loop import Trainer
+
+    precision._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="zsm"):
+        assert Trainer(tiny(vimeo, tmp_path, amp="fp16"))._amp_dtype(torch.device("cpu")) is None
+    assert "fp16 applies to GPUs only" in caplog.text
+
+
 # --- time factors (data.time_factors) -------------------------------------------------
 
 

@@ -154,8 +154,8 @@ class Trainer:
         amp = self.config.train.amp
         if amp == "off":
             return None
-        if device.type == "cpu":
-            return autocast_dtype(device, "bf16") if amp == "bf16" else None
+        if device.type == "cpu":  # fp16: float32, with the same warning as inference
+            return autocast_dtype(device, amp) if amp in ("bf16", "fp16") else None
         if device.type != "cuda":
             return None
         if amp == "fp16":
