@@ -122,6 +122,11 @@ class NativeSampler:
         # col2im reads float32 x: bound on the first call (a bf16 x samples forward only)
         self._col2im_args = dict(x=x, offset=offset, mask=mask, **dims, ostride=offset.stride(0))
         self._col2im: Kernel | None = None
+        self._backward_args = dict(
+            x=x, offset=offset, mask=mask, **dims, xsb=xsb, xsp=xsp,
+            osb=ostrides[0], osc=ostrides[1], osp=ostrides[2],
+            msb=mstrides[0], msc=mstrides[1], msp=mstrides[2],
+        )  # fmt: skip
 
     def im2col(self, i: int) -> torch.Tensor:
         """Columns of chunk ``i``, (rows, K): a scratch buffer, overwritten by the next call."""
@@ -145,4 +150,24 @@ class NativeSampler:
         if self._col2im is None:
             self._col2im = self.lib.col2im.bind(**self._col2im_args)
         fn = self._col2im.bind(gcols=gcols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb)
+        _run_parts(self.lib, fn)
+
+    def backward_bf16(
+        self,
+        i: int,
+        gcols: torch.Tensor,
+        cols: torch.Tensor | None,
+        gx: torch.Tensor | None,
+        goff: torch.Tensor | None,
+        gmask: torch.Tensor | None,
+    ) -> None:
+        """Chunk ``i`` of the fused bf16 NHWC backward pass (see ``zsm_dcn_backward_bf16``).
+
+        ``gcols`` (rows, K) bf16 in; ``cols`` (rows, K) bf16 out (the columns again);
+        ``gx`` float32 (B, H, W, C) accumulated; ``goff``, ``gmask`` float32 contiguous
+        NCHW, written for the chunk's positions. Any of the last four may be None.
+        """
+        ch = self.chunks[i]
+        fn = self.lib.backward_bf16.bind(**self._backward_args)
+        fn = fn.bind(gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb)
         _run_parts(self.lib, fn)
