@@ -300,7 +300,10 @@ def _backward_nhwc_bf16(
     grad_bias = gout.sum(0, dtype=weight.dtype) if need_b and ctx.has_bias else None
     gw = weight.new_zeros(cout, geo.k) if need_w else None
     f32 = torch.float32
-    gx = x.new_zeros((geo.b, geo.h, geo.w, geo.c), dtype=f32) if need_x else None
+    gx = None  # float32 NHWC, kept between calls (fresh, its pages would fault in again)
+    if need_x:
+        gx = workspace("gx", geo.b * geo.h * geo.w, geo.c, x, f32).zero_()
+        gx = gx.view(geo.b, geo.h, geo.w, geo.c)
     goff = offset.new_empty(offset.shape, dtype=f32) if need_off else None  # contiguous
     gmask = mask.new_empty(mask.shape, dtype=f32) if need_mask else None
     need_cols = gx is not None or goff is not None or gmask is not None

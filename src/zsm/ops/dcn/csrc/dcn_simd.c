@@ -119,6 +119,7 @@ SIMD_TARGET static void simd_rows_bf16(const Tile *restrict t, i64 n, const bf16
 SIMD_TARGET static void simd_backward_bf16(Tile *restrict t, i64 n, const bf16 *restrict xg,
                                            const bf16 *restrict gq, bf16 *restrict cq,
                                            float *restrict gxg, i64 K, i64 Cg, int need_s) {
+    float sp[4 * TILE];
     for (i64 p = 0; p < n; ++p, gq += K) {
         const i32 o[4] = {t->o[0][p], t->o[1][p], t->o[2][p], t->o[3][p]};
         const float w[4] = {t->w[0][p], t->w[1][p], t->w[2][p], t->w[3][p]};
@@ -144,12 +145,12 @@ SIMD_TARGET static void simd_backward_bf16(Tile *restrict t, i64 n, const bf16 *
         }
         if (!need_s) continue;
         const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-        const __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        t->s[0][p] = _mm_cvtss_f32(s);
-        t->s[1][p] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1));
-        t->s[2][p] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 2));
-        t->s[3][p] = _mm_cvtss_f32(_mm_shuffle_ps(s, s, 3));
+        _mm_storeu_ps(sp + 4 * p,
+                      _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
     }
+    if (!need_s) return;
+    for (i64 p = 0; p < n; ++p) /* point-major sums -> t->s[corner][point] */
+        for (int k = 0; k < 4; ++k) t->s[k][p] = sp[4 * p + k];
 }
 #else
 #define ZSM_SIMD 0
