@@ -304,7 +304,9 @@ def _backward_nhwc_bf16(
     if need_x:
         gx = workspace("gx", geo.b * geo.h * geo.w, geo.c, x, f32).zero_()
         gx = gx.view(geo.b, geo.h, geo.w, geo.c)
-    goff = offset.new_empty(offset.shape, dtype=f32) if need_off else None  # contiguous
+    # NCHW, contiguous: what a slice's backward (offset and mask are slices of the
+    # offset conv's output) and a leaf that is one expect; NHWC here costs a copy there
+    goff = offset.new_empty(offset.shape, dtype=f32) if need_off else None
     gmask = mask.new_empty(mask.shape, dtype=f32) if need_mask else None
     need_cols = gx is not None or goff is not None or gmask is not None
     if gw is not None or need_cols:

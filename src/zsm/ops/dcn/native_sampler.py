@@ -164,10 +164,16 @@ class NativeSampler:
         """Chunk ``i`` of the fused bf16 NHWC backward pass (see ``zsm_dcn_backward_bf16``).
 
         ``gcols`` (rows, K) bf16 in; ``cols`` (rows, K) bf16 out (the columns again);
-        ``gx`` float32 (B, H, W, C) accumulated; ``goff``, ``gmask`` float32 contiguous
-        NCHW, written for the chunk's positions. Any of the last four may be None.
+        ``gx`` float32 (B, H, W, C) accumulated; ``goff``, ``gmask`` float32, NCHW or
+        NHWC (flat positions), written for the chunk's positions. Any of the last four may be None.
         """
         ch = self.chunks[i]
+        gos = position_strides(goff) if goff is not None else (0, 0, 0)
+        gms = position_strides(gmask) if gmask is not None else (0, 0, 0)
+        assert gos is not None and gms is not None
         fn = self.lib.backward_bf16.bind(**self._backward_args)
-        fn = fn.bind(gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb)
+        fn = fn.bind(
+            gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb,
+            gosb=gos[0], gosc=gos[1], gosp=gos[2], gmsb=gms[0], gmsc=gms[1], gmsp=gms[2],
+        )  # fmt: skip
         _run_parts(self.lib, fn)
