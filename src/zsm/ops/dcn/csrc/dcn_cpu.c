@@ -248,7 +248,7 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const i64 ntiles = (HWo + TILE - 1) / TILE;
     const int gather_o = osp != 1, gather_m = msp != 1;
-    const int simd = simd_level(), simd_rows = ZSM_SIMD && simd && xbf && cbf && Cg % 8 == 0;
+    const int simd = simd_level(), simd_rows = ZSM_SIMD && simd && cbf && Cg % 8 == 0;
     (void)nthreads, (void)simd_rows;
 #if defined(_OPENMP) /* without OpenMP an unknown pragma is a warning */
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
@@ -282,8 +282,12 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
                     corners(&tl, n, oy, ox, mb + ch * mc, (float)i, (float)j, H, W, xsp, 0, simd);
                     i64 o = cb + ch * Cg;
 #if ZSM_SIMD
-                    if (simd_rows) {
+                    if (simd_rows && xbf) {
                         simd_rows_bf16(&tl, n, (const bf16 *)x + xg, (bf16 *)cols + o, K, Cg);
+                        continue;
+                    }
+                    if (simd_rows) {
+                        simd_rows_f32(&tl, n, (const float *)x + xg, (bf16 *)cols + o, K, Cg);
                         continue;
                     }
 #endif

@@ -115,6 +115,21 @@ SIMD_TARGET static void simd_rows_bf16(const Tile *restrict t, i64 n, const bf16
     }
 }
 
+/* The same from float32 x. */
+SIMD_TARGET static void simd_rows_f32(const Tile *restrict t, i64 n, const float *restrict xg,
+                                      bf16 *restrict cols, i64 K, i64 Cg) {
+    for (i64 p = 0; p < n; ++p, cols += K) {
+        const __m256 a0 = _mm256_set1_ps(t->w[0][p]), a1 = _mm256_set1_ps(t->w[1][p]);
+        const __m256 a2 = _mm256_set1_ps(t->w[2][p]), a3 = _mm256_set1_ps(t->w[3][p]);
+        const float *r0 = xg + t->o[0][p], *r1 = xg + t->o[1][p];
+        const float *r2 = xg + t->o[2][p], *r3 = xg + t->o[3][p];
+        for (i64 c = 0; c < Cg; c += 8)
+            simd_st8(cols + c, simd_sample(a0, a1, a2, a3, _mm256_loadu_ps(r0 + c),
+                                           _mm256_loadu_ps(r1 + c), _mm256_loadu_ps(r2 + c),
+                                           _mm256_loadu_ps(r3 + c)));
+    }
+}
+
 /* backward_tile (dcn_cpu.c), Cg % 8 == 0. */
 SIMD_TARGET static void simd_backward_bf16(Tile *restrict t, i64 n, const bf16 *restrict xg,
                                            const bf16 *restrict gq, bf16 *restrict cq,
