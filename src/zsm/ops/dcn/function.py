@@ -297,7 +297,8 @@ def _backward_nhwc_bf16(
     lib = load_native()
     assert lib is not None
     gout = grad_out.permute(0, 2, 3, 1).reshape(-1, cout).to(gemm)  # (B*Ho*Wo, Cout)
-    grad_bias = gout.sum(0, dtype=weight.dtype) if need_b and ctx.has_bias else None
+    # summed chunk by chunk (in cache; one float32 copy of gout would cost a pass more)
+    grad_bias = weight.new_zeros(cout) if need_b and ctx.has_bias else None
     gw = weight.new_zeros(cout, geo.k) if need_w else None
     f32 = torch.float32
     gx = None  # float32 NHWC, kept between calls (fresh, its pages would fault in again)
@@ -309,17 +310,19 @@ def _backward_nhwc_bf16(
     goff = offset.new_empty(offset.shape, dtype=f32) if need_off else None
     gmask = mask.new_empty(mask.shape, dtype=f32) if need_mask else None
     need_cols = gx is not None or goff is not None or gmask is not None
-    if gw is not None or need_cols:
+    if gw is not None or need_cols or grad_bias is not None:
         offset, mask = flat_positions(offset), flat_positions(mask)
         sampler = NativeSampler(lib, x, offset, mask, geo, gemm)
         wcols = weight_to_cols(weight, geo).to(gemm)  # (Cout, K)
         for i, ch in enumerate(sampler.chunks):
-            go = gout[ch.qa : ch.qb]
+            go, cols = gout[ch.qa : ch.qb], None
+            if grad_bias is not None:
+                grad_bias += go.sum(0, dtype=grad_bias.dtype)
             if need_cols:
                 gcols = torch.mm(go, wcols, out=workspace("gcols", ch.rows, geo.k, x, gemm))
                 cols = workspace("cols", ch.rows, geo.k, x, gemm) if gw is not None else None
                 sampler.backward_bf16(i, gcols, cols, gx, goff, gmask)
-            else:
+            elif gw is not None:
                 cols = sampler.im2col(i)
             if gw is not None and cols is not None:
                 gw += torch.mm(go.t(), cols)  # a bf16 GEMM, summed in float32

@@ -93,10 +93,11 @@ class NativeSampler:
         mask: torch.Tensor,
         geo: Geom,
         cols_dtype: torch.dtype = torch.float32,
+        chunk_bytes: int | None = None,
     ) -> None:
         self.lib, self.geo = lib, geo
         self.ntiles = -(-geo.hwo // TILE)
-        size = CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES
+        size = chunk_bytes or (CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES)
         if torch.get_num_threads() > 1:
             size = CHUNK_BYTES_THREADED
         self.cols_dtype = cols_dtype
