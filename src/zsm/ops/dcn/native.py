@@ -6,7 +6,10 @@ use with the system C compiler into ``~/.cache/zsm/kernels``
 loaded with :mod:`ctypes`. OpenMP when the compiler has it (the same
 ``libgomp`` torch has loaded, so one thread pool). Optional: any failure (no
 compiler, an odd platform) logs one warning and the callers use the pure
-path; ``ZSM_DCN_NATIVE=0`` disables it silently.
+path; ``ZSM_DCN_NATIVE=0`` disables it silently. ``csrc/dcn_simd.c``
+(included by the C file) holds AVX-512 (BF16) forms of the inner loops,
+compiled by function attributes and used where the CPU has them;
+``ZSM_DCN_SIMD=0`` (or :meth:`NativeLib.set_simd`) keeps the portable ones.
 
 The interface is declared once, in :data:`SIGNATURES`: each parameter's name
 and C type. From it come the ctypes argument types and a generated header
