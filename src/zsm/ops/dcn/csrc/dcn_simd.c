@@ -130,32 +130,40 @@ SIMD_TARGET static void simd_rows_f32(const Tile *restrict t, i64 n, const float
     }
 }
 
-/* backward_tile (dcn_cpu.c), Cg % 8 == 0. */
+/* gx row += a * g where the corner's weight is not 0. */
+#define SIMD_SCATTER(d, a, w, g) \
+    do { \
+        if ((w) != 0.0f) _mm256_storeu_ps((d), _mm256_fmadd_ps((a), (g), _mm256_loadu_ps(d))); \
+    } while (0)
+
+/* backward_tile (dcn_cpu.c), Cg % 8 == 0.  Unrolled over the corners by hand: no
+   per-point arrays (gcc keeps them on the stack, a store and a load each). */
 SIMD_TARGET static void simd_backward_bf16(Tile *restrict t, i64 n, const bf16 *restrict xg,
                                            const bf16 *restrict gq, bf16 *restrict cq,
                                            float *restrict gxg, i64 K, i64 Cg, int need_s) {
     float sp[4 * TILE];
     for (i64 p = 0; p < n; ++p, gq += K) {
-        const i32 o[4] = {t->o[0][p], t->o[1][p], t->o[2][p], t->o[3][p]};
-        const float w[4] = {t->w[0][p], t->w[1][p], t->w[2][p], t->w[3][p]};
-        const __m256 a0 = _mm256_set1_ps(w[0]), a1 = _mm256_set1_ps(w[1]);
-        const __m256 a2 = _mm256_set1_ps(w[2]), a3 = _mm256_set1_ps(w[3]);
+        const i32 o0 = t->o[0][p], o1 = t->o[1][p], o2 = t->o[2][p], o3 = t->o[3][p];
+        const float w0 = t->w[0][p], w1 = t->w[1][p], w2 = t->w[2][p], w3 = t->w[3][p];
+        const __m256 a0 = _mm256_set1_ps(w0), a1 = _mm256_set1_ps(w1);
+        const __m256 a2 = _mm256_set1_ps(w2), a3 = _mm256_set1_ps(w3);
         __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
         for (i64 c = 0; c < Cg; c += 8) {
-            const __m256 x0 = simd_ld8(xg + o[0] + c), x1 = simd_ld8(xg + o[1] + c);
-            const __m256 x2 = simd_ld8(xg + o[2] + c), x3 = simd_ld8(xg + o[3] + c);
+            const __m256 x0 = simd_ld8(xg + o0 + c), x1 = simd_ld8(xg + o1 + c);
+            const __m256 x2 = simd_ld8(xg + o2 + c), x3 = simd_ld8(xg + o3 + c);
             const __m256 g = simd_ld8(gq + c);
             if (cq) simd_st8(cq + p * K + c, simd_sample(a0, a1, a2, a3, x0, x1, x2, x3));
-            s0 = _mm256_fmadd_ps(g, x0, s0);
-            s1 = _mm256_fmadd_ps(g, x1, s1);
-            s2 = _mm256_fmadd_ps(g, x2, s2);
-            s3 = _mm256_fmadd_ps(g, x3, s3);
-            if (!gxg) continue;
-            const __m256 a[4] = {a0, a1, a2, a3};
-            for (int k = 0; k < 4; ++k) {
-                if (w[k] == 0.0f) continue;
-                float *d = gxg + o[k] + c;
-                _mm256_storeu_ps(d, _mm256_fmadd_ps(a[k], g, _mm256_loadu_ps(d)));
+            if (need_s) {
+                s0 = _mm256_fmadd_ps(g, x0, s0);
+                s1 = _mm256_fmadd_ps(g, x1, s1);
+                s2 = _mm256_fmadd_ps(g, x2, s2);
+                s3 = _mm256_fmadd_ps(g, x3, s3);
+            }
+            if (gxg) {
+                SIMD_SCATTER(gxg + o0 + c, a0, w0, g);
+                SIMD_SCATTER(gxg + o1 + c, a1, w1, g);
+                SIMD_SCATTER(gxg + o2 + c, a2, w2, g);
+                SIMD_SCATTER(gxg + o3 + c, a3, w3, g);
             }
         }
         if (!need_s) continue;
