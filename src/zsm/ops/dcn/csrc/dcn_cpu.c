@@ -526,12 +526,13 @@ static void backward_tile(Tile *restrict t, i64 n, const bf16 *xg, const bf16 *g
             for (int k = 0; k < 4; ++k) {
                 const float xv = load1(xg, o[k] + c, 1);
                 v += t->w[k][p] * xv;
-                s[k] += g * xv;
+                s[k] += need_s ? g * xv : 0.0f;
                 if (gxg && t->w[k][p] != 0.0f) gxg[o[k] + c] += t->w[k][p] * g;
             }
             if (cq) store1(cq, p * K + c, v, 1);
         }
-        for (int k = 0; k < 4; ++k) t->s[k][p] = s[k];
+        if (need_s)
+            for (int k = 0; k < 4; ++k) t->s[k][p] = s[k];
     }
 }
 

@@ -6,8 +6,9 @@
    ZSM_DCN_SIMD=0 does from Python): the portable loops in dcn_cpu.c stay the
    fallback and the reference.  Same arithmetic as those loops: the corners and
    weights bit for bit, the samples as fused multiply-adds in the same order, bf16
-   rounded to nearest even (vcvtneps2bf16). */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+   rounded to nearest even (vcvtneps2bf16).  -DZSM_NO_SIMD builds without them, as on
+   other CPUs (tests/test_dcn_native.py checks that it compiles cleanly). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ZSM_NO_SIMD)
 #define ZSM_SIMD 1
 #include <immintrin.h>
 #define SIMD_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma")))
