@@ -162,3 +162,16 @@ def test_env_switch_keeps_the_portable_loops() -> None:
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]], ids=lambda s: "x".join(map(str, s)))
+def test_the_fused_backward_with_two_threads_matches_one(shape: tuple[int, ...]) -> None:
+    """Parts split by offset groups (4 groups) or by images (1 group): the same gradients."""
+    leaves = _case(shape, nhwc=True, seed=2)
+    leaves[0] = leaves[0].bfloat16()
+    grad = torch.randn(shape[0], 12, shape[3], shape[4])
+    one = _run(leaves, True, torch.bfloat16, grad)
+    torch.set_num_threads(2)  # the single_thread fixture restores the count
+    two = _run(leaves, True, torch.bfloat16, grad)
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
+        assert _rel(a, b) < (2e-2 if i == 4 else 1e-5), i
