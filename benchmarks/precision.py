@@ -3,6 +3,7 @@
     python benchmarks/precision.py quality             # the demo clip, bf16 vs fp32 frames
     python benchmarks/precision.py train --steps 5     # one step of the shipped recipe
     python benchmarks/precision.py forward             # the compact network, 3 frames
+    python benchmarks/precision.py train --old-dcn     # also the DCN kernel as before
 
 Every mode runs float32 and bf16 with the offset/mask convs both ways
 (``bf16-off``: the float32 island; ``bf16-on``: in bf16, the default;
@@ -39,6 +40,24 @@ import torch
 
 # name -> (bf16 autocast, offset/mask convs in bf16)
 VARIANTS = {"fp32": (False, False), "bf16-off": (True, False), "bf16-on": (True, True)}
+# ``--old-dcn``: bf16-on with the deformable conv's kernel as before its AVX-512 loops
+# and fused bf16 backward pass (the portable loops, the general backward), same process
+OLD_DCN = "bf16-old-dcn"
+
+
+def _variants(args: argparse.Namespace) -> dict[str, tuple[bool, bool]]:
+    extra = {OLD_DCN: (True, True)} if getattr(args, "old_dcn", False) else {}
+    return {**VARIANTS, **extra}
+
+
+def _dcn(old: bool) -> None:
+    from zsm.ops.dcn import function
+    from zsm.ops.dcn.native import load_native
+
+    lib = load_native()
+    if lib is not None:
+        lib.set_simd(not old)
+    function.FUSED_BF16_BACKWARD = not old
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +103,8 @@ def _interleaved(args: argparse.Namespace, runs: dict[str, Callable[[], None]]) 
     clock = time.process_time if args.clock == "process" else time.perf_counter
 
     def once(name: str) -> float:
-        _offsets(VARIANTS[name][1])
+        _offsets(_variants(args)[name][1])
+        _dcn(name == OLD_DCN)
         t0 = clock()
         runs[name]()
         return clock() - t0
@@ -112,6 +132,13 @@ def _interleaved(args: argparse.Namespace, runs: dict[str, Callable[[], None]]) 
         f"bf16-on vs bf16-off: {min(times['bf16-off']) / min(times['bf16-on']):.2f}x (best), "
         f"{ratio:.2f}x (median of paired ratios)"
     )
+    if OLD_DCN in times:
+        old, new = times[OLD_DCN], times["bf16-on"]
+        ratio = statistics.median(a / b for a, b in zip(old, new, strict=True))
+        print(
+            f"bf16-on vs {OLD_DCN}: {min(old) / min(new):.2f}x (best), "
+            f"{ratio:.2f}x (median of paired ratios)"
+        )
 
 
 def train_step(args: argparse.Namespace) -> int:
@@ -122,7 +149,7 @@ def train_step(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cpu = Dist(rank=0, world_size=1, device=torch.device("cpu"))
     built = {}
-    for name, (bf16, _) in VARIANTS.items():
+    for name, (bf16, _) in _variants(args).items():
         trainer = Trainer(load_config(args.config, [f"train.amp={'bf16' if bf16 else 'off'}"]))
         built[name] = (trainer, trainer._build_state(cpu))
     data = trainer.config.data
@@ -153,7 +180,7 @@ def forward(args: argparse.Namespace) -> int:
     model = zsm.load_model(args.weights)
     nets = {
         name: prepare(model, "cpu", precision="bf16" if bf16 else "fp32")
-        for name, (bf16, _) in VARIANTS.items()
+        for name, (bf16, _) in _variants(args).items()
     }
     gen = torch.Generator().manual_seed(0)
     frames = torch.rand(1, args.frames, 3, args.height, args.width, generator=gen)
@@ -177,6 +204,11 @@ def main() -> int:
         t.add_argument("--steps", type=int, default=steps, help="rounds after the warm-up")
         t.add_argument("--threads", type=int, default=1)
         t.add_argument("--clock", choices=("process", "wall"), default="process")
+        t.add_argument(
+            "--old-dcn",
+            action="store_true",
+            help=f"also {OLD_DCN}: bf16 with the DCN kernel's portable loops, general backward",
+        )
         t.set_defaults(func=func)
     sub.choices["train"].add_argument(
         "--config", default="zsm-compact", help="recipe (default: zsm-compact)"

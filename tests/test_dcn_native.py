@@ -35,6 +35,14 @@ def test_kernel_compiles_without_warnings(tmp_path: Path, variant: tuple[str, ..
 
 
 @needs_cc
+def test_kernel_without_the_simd_loops_compiles_without_warnings(tmp_path: Path) -> None:
+    """The build of a CPU without x86-64 SIMD (forced by -DZSM_NO_SIMD): portable loops only."""
+    res = _compile(tmp_path, ("-DZSM_NO_SIMD", "-Werror"))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == ""
+
+
+@needs_cc
 def test_a_table_that_disagrees_with_the_c_code_does_not_compile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,10 @@ use with the system C compiler into ``~/.cache/zsm/kernels``
 loaded with :mod:`ctypes`. OpenMP when the compiler has it (the same
 ``libgomp`` torch has loaded, so one thread pool). Optional: any failure (no
 compiler, an odd platform) logs one warning and the callers use the pure
-path; ``ZSM_DCN_NATIVE=0`` disables it silently.
+path; ``ZSM_DCN_NATIVE=0`` disables it silently. ``csrc/dcn_simd.c``
+(included by the C file) holds AVX-512 (BF16) forms of the inner loops,
+compiled by function attributes and used where the CPU has them;
+``ZSM_DCN_SIMD=0`` (or :meth:`NativeLib.set_simd`) keeps the portable ones.
 
 The interface is declared once, in :data:`SIGNATURES`: each parameter's name
 and C type. From it come the ctypes argument types and a generated header
@@ -47,6 +50,7 @@ TILE = 64
 
 HEADER_NAME = "zsm_dcn_api.h"
 SOURCE_NAME = "dcn_cpu.c"
+SIMD_SOURCE_NAME = "dcn_simd.c"  # the AVX-512 loops, #included by dcn_cpu.c
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ F32_OUT = CType("float *", ctypes.c_void_p, pointer=True)
 F32_OUT_OR_NULL = CType("float *", ctypes.c_void_p, pointer=True, nullable=True)
 BF16_IN = CType("const uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
 BF16_OUT = CType("uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
+BF16_OUT_OR_NULL = CType(
+    "uint16_t *", ctypes.c_void_p, pointer=True, nullable=True, dtype=torch.bfloat16
+)
 I64 = CType("int64_t", ctypes.c_int64)
 INT = CType("int", ctypes.c_int)
 VOID = CType("void", None)
@@ -136,8 +143,27 @@ SIGNATURES = (
         ),
     ),
     Signature("zsm_dcn_openmp", (), INT),
+    # The SIMD level in use (0: the portable loops) after a request (0 off, 1 on, -1 as is).
+    Signature("zsm_dcn_simd", (("request", INT),), INT),
     _im2col("zsm_dcn_im2col_bf16", BF16_IN, BF16_OUT),
     _im2col("zsm_dcn_im2col_f32_bf16", F32_IN, BF16_OUT),
+    # The backward pass of bf16 NHWC input in one pass over the corners: the columns
+    # again (for grad_W), gx (float32 NHWC) += col2im(gcols), the offset and mask
+    # gradients (float32 NCHW); rows [q0, q1), part ``part`` of ``nparts`` or all (OpenMP).
+    Signature(
+        "zsm_dcn_backward_bf16",
+        (
+            ("x", BF16_IN),
+            *_each("offset mask", F32_IN),
+            ("gcols", BF16_IN),
+            ("cols", BF16_OUT_OR_NULL),
+            *_each("gx goff gmask", F32_OUT_OR_NULL),
+            *_each(_DIMS, I64),
+            *_each("xsb xsp osb osc osp msb msc msp", I64),
+            *_each("gosb gosc gosp gmsb gmsc gmsp q0 q1", I64),
+            *_each("part nparts nthreads", INT),
+        ),
+    ),
 )
 
 
@@ -153,13 +179,14 @@ def header() -> str:
     return "\n".join(parts)
 
 
-def source() -> str:
-    return (resources.files(__package__) / "csrc" / SOURCE_NAME).read_text()
+def source(name: str = SOURCE_NAME) -> str:
+    return (resources.files(__package__) / "csrc" / name).read_text()
 
 
 def write_sources(directory: Path) -> Path:
     """The C file and its generated header in ``directory``; returns the C file's path."""
     (directory / HEADER_NAME).write_text(header())
+    (directory / SIMD_SOURCE_NAME).write_text(source(SIMD_SOURCE_NAME))
     src = directory / SOURCE_NAME
     src.write_text(source())
     return src
@@ -237,12 +264,20 @@ class NativeLib:
     """The loaded kernel: ``im2col`` and ``col2im``; ``openmp`` if they split their loops.
 
     ``im2col`` is float32 -> float32; :meth:`im2col_for` gives every variant.
+    ``backward_bf16``: the fused backward pass of bf16 NHWC input. ``simd``: the
+    SIMD level in use after a request (:meth:`set_simd`).
     """
 
     im2col: Kernel
     col2im: Kernel
     openmp: bool
     variants: dict[tuple[torch.dtype, torch.dtype], Kernel]
+    backward_bf16: Kernel
+    simd: Kernel
+
+    def set_simd(self, on: bool | None = None) -> int:
+        """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use."""
+        return int(self.simd(request=-1 if on is None else int(on)))
 
     def im2col_for(self, x_dtype: torch.dtype, cols_dtype: torch.dtype) -> Kernel | None:
         """The im2col reading ``x_dtype`` and writing ``cols_dtype`` (None: there is none)."""
@@ -322,6 +357,11 @@ def _disabled() -> bool:
     return os.environ.get("ZSM_DCN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
 
 
+def _simd_wanted() -> bool:
+    """``ZSM_DCN_SIMD=0`` keeps the kernel to its portable loops (no AVX-512)."""
+    return os.environ.get("ZSM_DCN_SIMD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 _lock = threading.Lock()
 _native_lib: NativeLib | None = None
 _native_tried = False
@@ -338,7 +378,8 @@ def load_native() -> NativeLib | None:
         if _native_tried:
             return _native_lib
         try:
-            text = source() + header() + repr((CFLAGS, CFLAG_VARIANTS)) + _cpu_signature()
+            text = source() + source(SIMD_SOURCE_NAME) + header()
+            text += repr((CFLAGS, CFLAG_VARIANTS)) + _cpu_signature()
             key = hashlib.sha256(text.encode()).hexdigest()[:16]
             path = _cache_dir() / f"zsm_dcn_{key}.so"
             if not path.is_file():
@@ -347,7 +388,16 @@ def load_native() -> NativeLib | None:
             fns = {sig.name: _bind(lib, sig) for sig in SIGNATURES}
             openmp = bool(fns["zsm_dcn_openmp"]())
             variants = {dtypes: fns[name] for dtypes, name in IM2COL_VARIANTS.items()}
-            _native_lib = NativeLib(fns["zsm_dcn_im2col"], fns["zsm_dcn_col2im"], openmp, variants)
+            _native_lib = NativeLib(
+                fns["zsm_dcn_im2col"],
+                fns["zsm_dcn_col2im"],
+                openmp,
+                variants,
+                fns["zsm_dcn_backward_bf16"],
+                fns["zsm_dcn_simd"],
+            )
+            if not _simd_wanted():
+                _native_lib.set_simd(False)
         except Exception as exc:  # any failure: the callers fall back to the pure path
             log.warning(
                 "zsm: native deformable-conv kernel unavailable (%s); using PyTorch ops (slower)",

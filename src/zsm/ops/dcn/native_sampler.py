@@ -93,10 +93,11 @@ class NativeSampler:
         mask: torch.Tensor,
         geo: Geom,
         cols_dtype: torch.dtype = torch.float32,
+        chunk_bytes: int | None = None,
     ) -> None:
         self.lib, self.geo = lib, geo
         self.ntiles = -(-geo.hwo // TILE)
-        size = CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES
+        size = chunk_bytes or (CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES)
         if torch.get_num_threads() > 1:
             size = CHUNK_BYTES_THREADED
         self.cols_dtype = cols_dtype
@@ -122,6 +123,11 @@ class NativeSampler:
         # col2im reads float32 x: bound on the first call (a bf16 x samples forward only)
         self._col2im_args = dict(x=x, offset=offset, mask=mask, **dims, ostride=offset.stride(0))
         self._col2im: Kernel | None = None
+        self._backward_args = dict(
+            x=x, offset=offset, mask=mask, **dims, xsb=xsb, xsp=xsp,
+            osb=ostrides[0], osc=ostrides[1], osp=ostrides[2],
+            msb=mstrides[0], msc=mstrides[1], msp=mstrides[2],
+        )  # fmt: skip
 
     def im2col(self, i: int) -> torch.Tensor:
         """Columns of chunk ``i``, (rows, K): a scratch buffer, overwritten by the next call."""
@@ -145,4 +151,30 @@ class NativeSampler:
         if self._col2im is None:
             self._col2im = self.lib.col2im.bind(**self._col2im_args)
         fn = self._col2im.bind(gcols=gcols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb)
+        _run_parts(self.lib, fn)
+
+    def backward_bf16(
+        self,
+        i: int,
+        gcols: torch.Tensor,
+        cols: torch.Tensor | None,
+        gx: torch.Tensor | None,
+        goff: torch.Tensor | None,
+        gmask: torch.Tensor | None,
+    ) -> None:
+        """Chunk ``i`` of the fused bf16 NHWC backward pass (see ``zsm_dcn_backward_bf16``).
+
+        ``gcols`` (rows, K) bf16 in; ``cols`` (rows, K) bf16 out (the columns again);
+        ``gx`` float32 (B, H, W, C) accumulated; ``goff``, ``gmask`` float32, NCHW or
+        NHWC (flat positions), written for the chunk's positions. Any of the last four may be None.
+        """
+        ch = self.chunks[i]
+        gos = position_strides(goff) if goff is not None else (0, 0, 0)
+        gms = position_strides(gmask) if gmask is not None else (0, 0, 0)
+        assert gos is not None and gms is not None
+        fn = self.lib.backward_bf16.bind(**self._backward_args)
+        fn = fn.bind(
+            gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb,
+            gosb=gos[0], gosc=gos[1], gosp=gos[2], gmsb=gms[0], gmsc=gms[1], gmsp=gms[2],
+        )  # fmt: skip
         _run_parts(self.lib, fn)

@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -92,43 +93,65 @@ tile_corners(Tile *restrict t, i64 n, const float *restrict oy, const float *res
     }
 }
 
+#if defined(__AVX__)
+/* dst[k * ds + j] = src[j * ss + k] for an 8x8 block, transposed in registers. */
+static inline void transpose8(float *restrict dst, i64 ds, const float *restrict src, i64 ss) {
+    __m256 r[8], t[8], u[8];
+    for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * ss);
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(dst + k * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(dst + (k + 4) * ds, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+    }
+}
+#endif
+
 /* n rows of nc channels (element (p, c) at src[p * ps + c * cs]) -> dst[c * TILE + p]:
    a tile's offsets or mask made contiguous per channel, as tile_corners reads them. */
 static void tile_gather(float *restrict dst, const float *restrict src, i64 n, i64 nc, i64 ps,
                         i64 cs) {
     i64 p = 0;
 #if defined(__AVX__)
-    if (cs == 1) { /* NHWC: 8x8 blocks, transposed in registers */
+    if (cs == 1) /* NHWC: 8x8 blocks */
         for (; p + 8 <= n; p += 8) {
-            const float *s = src + p * ps;
             i64 c = 0;
-            for (; c + 8 <= nc; c += 8) {
-                __m256 r[8], t[8], u[8];
-                for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * ps + c);
-                for (int k = 0; k < 8; k += 2) {
-                    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-                    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-                }
-                for (int k = 0; k < 8; k += 4) {
-                    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
-                    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
-                    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
-                    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
-                }
-                for (int k = 0; k < 4; ++k) {
-                    _mm256_storeu_ps(dst + (c + k) * TILE + p,
-                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
-                    _mm256_storeu_ps(dst + (c + k + 4) * TILE + p,
-                                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
-                }
-            }
+            for (; c + 8 <= nc; c += 8) transpose8(dst + c * TILE + p, TILE, src + p * ps + c, ps);
             for (; c < nc; ++c)
-                for (int k = 0; k < 8; ++k) dst[c * TILE + p + k] = s[k * ps + c];
+                for (int k = 0; k < 8; ++k) dst[c * TILE + p + k] = src[(p + k) * ps + c];
         }
-    }
 #endif
     for (; p < n; ++p)
         for (i64 c = 0; c < nc; ++c) dst[c * TILE + p] = src[p * ps + c * cs];
+}
+
+/* The inverse, from rows ld apart: src[c * ld + p] -> dst[p * ps + c * cs] (a block's
+   offset and mask gradients into their tensors, NCHW or NHWC). */
+static void block_scatter(float *restrict dst, const float *restrict src, i64 n, i64 nc, i64 ps,
+                          i64 cs, i64 ld) {
+    if (cs != 1) { /* NCHW: rows of positions */
+        for (i64 c = 0; c < nc; ++c) memcpy(dst + c * cs, src + c * ld, (size_t)n * sizeof(float));
+        return;
+    }
+    i64 p = 0;
+#if defined(__AVX__)
+    for (; p + 8 <= n; p += 8) {
+        i64 c = 0;
+        for (; c + 8 <= nc; c += 8) transpose8(dst + p * ps + c, ps, src + c * ld + p, ld);
+        for (; c < nc; ++c)
+            for (int k = 0; k < 8; ++k) dst[(p + k) * ps + c] = src[c * ld + p + k];
+    }
+#endif
+    for (; p < n; ++p)
+        for (i64 c = 0; c < nc; ++c) dst[p * ps + c] = src[c * ld + p];
 }
 
 /* bfloat16: the upper half of a float32.  Widening is exact; narrowing rounds to
@@ -181,6 +204,33 @@ static inline void store1(void *cols, i64 i, float f, const int cbf) {
     ((bf16 *)cols)[i] = f != f ? (bf16)0x7FC0u : (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
+#include "dcn_simd.c"
+
+/* tile_corners, by the SIMD form where simd says. */
+static inline __attribute__((always_inline)) void
+corners(Tile *restrict t, i64 n, const float *restrict oy, const float *restrict ox,
+        const float *restrict mk, float fi, float fj, i64 H, i64 W, i64 C, const int full,
+        const int simd) {
+#if ZSM_SIMD
+    if (simd) {
+        simd_corners(t, n, oy, ox, mk, fi, fj, H, W, C, full);
+        return;
+    }
+#endif
+    (void)simd;
+    tile_corners(t, n, oy, ox, mk, fi, fj, H, W, C, full);
+}
+
+/* The SIMD level in use (0: portable loops), after setting it: request 0 switches
+   the SIMD forms off, 1 on where the CPU has them, -1 leaves it. */
+int zsm_dcn_simd(ZSM_DCN_SIMD_PARAMS) {
+    if (request >= 0) {
+        simd_state = -1;
+        if (request == 0 || !simd_level()) simd_state = 0;
+    }
+    return simd_level();
+}
+
 /* Columns of tiles [t0, t1).  Tile t covers output positions from
    (t % tiles_per_image) * TILE of image t / tiles_per_image, i.e. rows
    q = b * Ho * Wo + p of the column matrix; cols holds the rows from q_base on.
@@ -198,7 +248,8 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const i64 ntiles = (HWo + TILE - 1) / TILE;
     const int gather_o = osp != 1, gather_m = msp != 1;
-    (void)nthreads;
+    const int simd = simd_level(), simd_rows = ZSM_SIMD && simd && cbf && Cg % 8 == 0;
+    (void)nthreads, (void)simd_rows;
 #if defined(_OPENMP) /* without OpenMP an unknown pragma is a warning */
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -227,9 +278,19 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
             for (i64 i = 0; i < kh; ++i) {
                 for (i64 j = 0; j < kw; ++j) {
                     const i64 ch = g * KK + i * kw + j;
-                    tile_corners(&tl, n, ob + 2 * ch * oc, ob + (2 * ch + 1) * oc, mb + ch * mc,
-                                 (float)i, (float)j, H, W, xsp, 0);
+                    const float *oy = ob + 2 * ch * oc, *ox = ob + (2 * ch + 1) * oc;
+                    corners(&tl, n, oy, ox, mb + ch * mc, (float)i, (float)j, H, W, xsp, 0, simd);
                     i64 o = cb + ch * Cg;
+#if ZSM_SIMD
+                    if (simd_rows && xbf) {
+                        simd_rows_bf16(&tl, n, (const bf16 *)x + xg, (bf16 *)cols + o, K, Cg);
+                        continue;
+                    }
+                    if (simd_rows) {
+                        simd_rows_f32(&tl, n, (const float *)x + xg, (bf16 *)cols + o, K, Cg);
+                        continue;
+                    }
+#endif
                     if (Cg == 8) { /* the common case: a row is one AVX register */
                         for (i64 p = 0; p < n; ++p, o += K)
                             STORE8(cols, o,
@@ -441,4 +502,131 @@ void zsm_dcn_col2im(ZSM_DCN_COL2IM_PARAMS) {
     (void)nthreads;
     col2im_part(x, offset, mask, gcols, gx, goff, gmask, H, W, C, G, kh, kw, pad, Ho, Wo,
                 ostride, q0, q1, part, nparts);
+}
+
+/* backward_part for one (group, kernel point) of a tile, the portable form:
+   bf16 x rows at xg + o (all C channels a pixel apart), bf16 grad_col rows gq
+   (point p's at gq + p * K), the sampled rows into cq (NULL: not wanted), gx (float32,
+   the same element offsets) += weight * grad_col, s = grad_col . corner if need_s. */
+static void backward_tile(Tile *restrict t, i64 n, const bf16 *xg, const bf16 *gq, bf16 *cq,
+                          float *gxg, i64 K, i64 Cg, int need_s, int simd) {
+#if ZSM_SIMD
+    if (simd && Cg % 8 == 0) {
+        simd_backward_bf16(t, n, xg, gq, cq, gxg, K, Cg, need_s);
+        return;
+    }
+#endif
+    (void)simd;
+    for (i64 p = 0; p < n; ++p, gq += K) {
+        const i32 o[4] = {t->o[0][p], t->o[1][p], t->o[2][p], t->o[3][p]};
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (i64 c = 0; c < Cg; ++c) {
+            const float g = load1(gq, c, 1);
+            float v = 0.0f;
+            for (int k = 0; k < 4; ++k) {
+                const float xv = load1(xg, o[k] + c, 1);
+                v += t->w[k][p] * xv;
+                s[k] += need_s ? g * xv : 0.0f;
+                if (gxg && t->w[k][p] != 0.0f) gxg[o[k] + c] += t->w[k][p] * g;
+            }
+            if (cq) store1(cq, p * K + c, v, 1);
+        }
+        if (need_s)
+            for (int k = 0; k < 4; ++k) t->s[k][p] = s[k];
+    }
+}
+
+/* The backward pass of bf16 NHWC input, rows [q0, q1), part `part` of `nparts` (as
+   col2im_part splits them), in one pass over the corners: the columns again (cols,
+   bf16, for grad_W; may be NULL), gx (float32 (B, H, W, C), accumulated; may be NULL)
+   from the bf16 grad_col rows gcols, and the offset and mask gradients (float32,
+   contiguous NCHW; may be NULL).  x, offset, mask and the rows as in im2col. */
+static void backward_part(const bf16 *x, const float *offset, const float *mask,
+                          const bf16 *gcols, bf16 *cols, float *gx, float *goff, float *gmask,
+                          i64 H, i64 W, i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo,
+                          i64 xsb, i64 xsp, i64 osb, i64 osc, i64 osp, i64 msb, i64 msc,
+                          i64 msp, i64 gosb, i64 gosc, i64 gosp, i64 gmsb, i64 gmsc, i64 gmsp,
+                          i64 q0, i64 q1, int part, int nparts) {
+    const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
+    const int need_s = goff != 0 || gmask != 0, simd = simd_level();
+    const i64 bfirst = q0 / HWo, bend = (q1 - 1) / HWo + 1;
+    i64 glo = 0, ghi = G, blo = bfirst, bhi = bend;
+    if (G >= nparts) {
+        glo = G * part / nparts;
+        ghi = G * (part + 1) / nparts;
+    } else {
+        blo = bfirst + (bend - bfirst) * part / nparts;
+        bhi = bfirst + (bend - bfirst) * (part + 1) / nparts;
+    }
+    Tile tl;
+    float obuf[2 * G * KK * TILE], mbuf[G * KK * TILE];
+    /* The gradients of SUPER positions, written out together: long rows for NCHW (one
+       tile's 64-position rows, 3 * G * KK streams at once: the compact model's backward
+       kernel 54 -> 39 ms, (3, 32, 144, 176), 4 groups, 1 thread). */
+    enum { SUPER = 8 * TILE };
+    float *gobuf = goff ? malloc(sizeof(float) * 2 * G * KK * SUPER) : 0;
+    float *gmbuf = gmask ? malloc(sizeof(float) * G * KK * SUPER) : 0;
+    float scratch[2 * TILE], gms[TILE]; /* the gradients not wanted */
+    if ((goff && !gobuf) || (gmask && !gmbuf)) abort();
+    for (i64 b = blo; b < bhi; ++b) {
+        const i64 pa = (b * HWo > q0 ? b * HWo : q0) - b * HWo;
+        const i64 pb = ((b + 1) * HWo < q1 ? (b + 1) * HWo : q1) - b * HWo;
+        for (i64 s0 = pa; s0 < pb; s0 += SUPER) {
+            const i64 s1 = s0 + SUPER < pb ? s0 + SUPER : pb;
+            for (i64 p0 = s0; p0 < s1; p0 += TILE) {
+                const i64 n = p0 + TILE < s1 ? TILE : s1 - p0;
+                tile_gather(obuf, offset + b * osb + p0 * osp, n, 2 * G * KK, osp, osc);
+                tile_gather(mbuf, mask + b * msb + p0 * msp, n, G * KK, msp, msc);
+                tile_base(&tl, p0, n, Wo, pad);
+                const i64 row = (b * HWo + p0 - q0) * K; /* the tile's first row element */
+                for (i64 g = glo; g < ghi; ++g) {
+                    const bf16 *xg = x + b * xsb + g * Cg;
+                    float *gxg = gx ? gx + b * H * W * C + g * Cg : 0;
+                    for (i64 k = 0; k < KK; ++k) {
+                        const i64 ch = g * KK + k, at = row + ch * Cg;
+                        const float *mk = mbuf + ch * TILE;
+                        corners(&tl, n, obuf + 2 * ch * TILE, obuf + (2 * ch + 1) * TILE, mk,
+                                (float)(k / kw), (float)(k % kw), H, W, xsp, 1, simd);
+                        backward_tile(&tl, n, xg, gcols + at, cols ? cols + at : 0, gxg, K, Cg,
+                                      need_s, simd);
+                        if (!need_s) continue;
+                        float *gy = scratch, *gxo = scratch + TILE, *gm = gms;
+                        if (goff) {
+                            gy = gobuf + 2 * ch * SUPER + (p0 - s0);
+                            gxo = gy + SUPER;
+                        }
+                        if (gmask) gm = gmbuf + ch * SUPER + (p0 - s0);
+                        tile_offset_grads(&tl, n, mk, gy, gxo, gm);
+                    }
+                }
+            }
+            /* the part's channels of the block's gradients, in their tensors' layout */
+            const i64 c0 = glo * KK, nc = (ghi - glo) * KK, ns = s1 - s0;
+            if (goff)
+                block_scatter(goff + b * gosb + s0 * gosp + 2 * c0 * gosc,
+                              gobuf + 2 * c0 * SUPER, ns, 2 * nc, gosp, gosc, SUPER);
+            if (gmask)
+                block_scatter(gmask + b * gmsb + s0 * gmsp + c0 * gmsc, gmbuf + c0 * SUPER, ns,
+                              nc, gmsp, gmsc, SUPER);
+        }
+    }
+    free(gobuf);
+    free(gmbuf);
+}
+
+/* nthreads > 1 (OpenMP builds): all nthreads parts in parallel; else part `part`. */
+void zsm_dcn_backward_bf16(ZSM_DCN_BACKWARD_BF16_PARAMS) {
+#if defined(_OPENMP)
+    if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+        backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, H, W, C, G, kh, kw, pad,
+                      Ho, Wo, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc, gosp, gmsb,
+                      gmsc, gmsp, q0, q1, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    (void)nthreads;
+    backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, H, W, C, G, kh, kw, pad, Ho,
+                  Wo, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc, gosp, gmsb, gmsc, gmsp,
+                  q0, q1, part, nparts);
 }
