@@ -416,3 +416,17 @@ def test_cli_time_factor(nine_frames: Path, tiny_model, tmp_path: Path, capsys, 
     assert "--time-factor must be an integer >= 2" in capsys.readouterr().err
     assert main([*base, "--baselines-only", "--max-frames", "4"]) == 2
     assert "--max-frames must be >= 5" in capsys.readouterr().err
+
+
+def test_cli_time_factor_defaults_to_the_time_step_weights(
+    nine_frames: Path, tmp_path: Path, capsys
+) -> None:
+    """Without --weights, --time-factor 4 scores the bundled time-step weights (the x2
+    default makes only t = 1/2 and would be skipped)."""
+    out = tmp_path / "cli"
+    args = ["evaluate", str(nine_frames), "-o", str(out), "--no-progress", "--time-factor", "4"]
+    assert main([*args, "--baselines", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert "zsm-compact-time" in report["weights"] and report["methods"] == [MODEL_METHOD]
+    assert list(report["summary"][MODEL_METHOD]["times"]) == QUARTERS
+    capsys.readouterr()

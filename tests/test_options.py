@@ -114,3 +114,27 @@ def test_cancel_before_start_runs_no_tile(video_tiny_model) -> None:
     frames = [np.zeros((8, 8, 3), np.uint8)] * 3
     with pytest.raises(zsm.Cancelled):
         list(zsm.upscale_frames(frames, model=video_tiny_model, device="cpu", cancel=cancel))
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        ({}, "zsm-compact-flow"),
+        ({"time_factor": 1}, "zsm-compact-flow"),
+        ({"time_factor": 2}, "zsm-compact-flow"),
+        ({"time_factor": 3}, "zsm-compact-time"),
+        ({"time_factor": 8}, "zsm-compact-time"),
+        ({"fps": Fraction(60)}, "zsm-compact-time"),
+        ({"time_factor": 4, "weights": "zsm-compact"}, "zsm-compact"),  # asked for: kept
+    ],
+)
+def test_default_weights_follow_the_time_steps_asked(changes, name) -> None:
+    assert UpscaleOptions(**changes).weights_name == name
+
+
+def test_the_default_time_weights_make_any_time_step_and_x2_is_the_default() -> None:
+    from zsm.models.descriptor import describe
+    from zsm.models.registry import DEFAULT_TIME_WEIGHTS, DEFAULT_WEIGHTS
+
+    assert describe(zsm.load_model(DEFAULT_TIME_WEIGHTS)).time_steps
+    assert not describe(zsm.load_model(DEFAULT_WEIGHTS)).time_steps

@@ -15,7 +15,7 @@ from typing import Any
 
 from zsm.engine.ensemble import ENSEMBLE_PASSES
 from zsm.engine.precision import PRECISIONS
-from zsm.models.registry import DEFAULT_WEIGHTS
+from zsm.models.registry import DEFAULT_TIME_WEIGHTS, DEFAULT_WEIGHTS
 from zsm.video.encode import DEFAULT_CRF
 from zsm.video.io import DEFAULT_FOLDER_FPS
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP
@@ -32,7 +32,8 @@ class UpscaleOptions:
 
     Attributes:
         weights: a registered weights name or a ``.safetensors`` file (``None``: the
-            bundled :data:`DEFAULT_WEIGHTS`).
+            bundled :data:`DEFAULT_WEIGHTS`, or :data:`DEFAULT_TIME_WEIGHTS` where the
+            output needs time steps other than halfway: ``time_factor`` > 2 or ``fps``).
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]``, ``mps``.
         precision: ``fp32``; ``bf16`` (bfloat16 autocast; fast on CPUs with native bf16
             and on GPUs); ``fp16`` (float16 autocast on a GPU; float32 on a CPU); ``auto``
@@ -140,8 +141,13 @@ class UpscaleOptions:
 
     @property
     def weights_name(self) -> str:
-        """The weights to load: :attr:`weights` or the bundled default."""
-        return self.weights or DEFAULT_WEIGHTS
+        """The weights to load: :attr:`weights`, else the bundled default for the time
+        steps asked: :data:`DEFAULT_TIME_WEIGHTS` (any time step) for ``time_factor`` > 2
+        or any ``fps``, :data:`DEFAULT_WEIGHTS` (halfway only, its best x2) otherwise."""
+        if self.weights:
+            return self.weights
+        factor = self.effective_time_factor
+        return DEFAULT_TIME_WEIGHTS if factor is None or factor > 2 else DEFAULT_WEIGHTS
 
     @property
     def effective_time_factor(self) -> int | None:
@@ -189,6 +195,7 @@ __all__ = [
     "DEFAULTS",
     "DEFAULT_FOLDER_FPS",
     "DEFAULT_TIME_FACTOR",
+    "DEFAULT_TIME_WEIGHTS",
     "DEFAULT_WEIGHTS",
     "ENSEMBLE_PASSES",
     "PRECISIONS",

@@ -11,6 +11,7 @@ from zsm.device import DEVICES
 from zsm.options import (
     DEFAULT_FOLDER_FPS,
     DEFAULT_TIME_FACTOR,
+    DEFAULT_TIME_WEIGHTS,
     DEFAULTS,
     ENSEMBLE_PASSES,
     PRECISIONS,
@@ -64,7 +65,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         metavar="NAME|PATH",
-        help=f"registered weights name or .safetensors file (default: {DEFAULTS.weights_name})",
+        help="registered weights name or .safetensors file (default: "
+        f"{DEFAULTS.weights_name}; {DEFAULT_TIME_WEIGHTS} for --time-factor above 2 or --fps)",
     )
     p.add_argument(
         "--device",

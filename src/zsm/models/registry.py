@@ -38,6 +38,8 @@ class WeightsEntry:
 _REGISTRY: dict[str, WeightsEntry] = {}
 
 DEFAULT_WEIGHTS = "zsm-compact-flow"
+# the default where the output needs frames at other times than halfway (x3, x4, --fps)
+DEFAULT_TIME_WEIGHTS = "zsm-compact-time"
 
 
 def register_weights(entry: WeightsEntry) -> None:
@@ -110,6 +112,26 @@ register_weights(
         metrics={
             "carphone_pristine": {"all": (27.66, 0.8603), "interpolated": (27.49, 0.8574)},
             "bikes": {"all": (32.24, 0.8971), "interpolated": (29.23, 0.8730)},
+        },
+    )
+)
+
+register_weights(
+    WeightsEntry(
+        name="zsm-compact-time",
+        filename="zsm-compact-time.safetensors",
+        preset="compact-time",
+        description="Time-conditioned flow-guided compact Zooming Slow-Mo: frames at any time "
+        "step between two inputs (x3, x4, x8, --fps); zsm-compact-flow's weights trained with "
+        "targets at several t on a 2-core CPU (see MODEL_CARD.md)",
+        recipe="configs/zsm-compact-time.toml from zsm-compact-flow (4,461), 1,500 iterations "
+        "(CPU, bf16), raw weights (validation preferred them to the EMA)",
+        # `zsm evaluate CLIP [--time-factor 4]` (Y-PSNR dB, Y-SSIM), all frames, no border crop.
+        metrics={
+            "carphone_pristine": {"all": (27.72, 0.8612), "interpolated": (27.54, 0.8581)},
+            "bikes": {"all": (32.18, 0.8970), "interpolated": (29.13, 0.8726)},
+            "carphone_pristine x4": {"all": (26.83, 0.8311), "interpolated": (26.47, 0.8198)},
+            "bikes x4": {"all": (29.08, 0.8547), "interpolated": (27.00, 0.8322)},
         },
     )
 )

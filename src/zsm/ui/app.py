@@ -56,7 +56,7 @@ def build_app(service: UpscaleService) -> gr.Blocks:
                         choices=text.TIME_FACTOR_CHOICES,
                         value=DEFAULT_TIME_FACTOR,
                         label="Frame rate",
-                        info="3x, 4x and 8x need time-step weights",
+                        info="3x, 4x and 8x need time-step weights (zsm-compact-time)",
                     )
                     precision = gr.Radio(
                         choices=list(PRECISIONS),
