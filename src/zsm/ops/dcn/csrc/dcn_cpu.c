@@ -437,6 +437,21 @@ static void tile_offset_grads(const Tile *restrict t, i64 n, const float *restri
    before moving on, so the tile's rows of gcols are read while in cache.
    gx: like x, accumulated; goff, gmask: like offset and
    mask, written for the rows' positions.  Any of gx, goff, gmask may be NULL. */
+/* Part `part` of `nparts` of a backward pass over groups [0, G) x batches [bfirst, bend):
+   the groups are split where there are enough of them (each part owns its groups' input
+   gradients), else the batches. */
+static void split_parts(i64 G, i64 bfirst, i64 bend, int part, int nparts, i64 *glo, i64 *ghi,
+                        i64 *blo, i64 *bhi) {
+    *glo = 0, *ghi = G, *blo = bfirst, *bhi = bend;
+    if (G >= nparts) {
+        *glo = G * part / nparts;
+        *ghi = G * (part + 1) / nparts;
+    } else {
+        *blo = bfirst + (bend - bfirst) * part / nparts;
+        *bhi = bfirst + (bend - bfirst) * (part + 1) / nparts;
+    }
+}
+
 static void col2im_part(const float *x, const float *offset, const float *mask,
                         const float *gcols, float *gx, float *goff, float *gmask, i64 H, i64 W,
                         i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo, i64 ostride,
@@ -444,14 +459,8 @@ static void col2im_part(const float *x, const float *offset, const float *mask,
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const int need_s = goff != 0 || gmask != 0;
     const i64 bfirst = q0 / HWo, bend = (q1 - 1) / HWo + 1;
-    i64 glo = 0, ghi = G, blo = bfirst, bhi = bend;
-    if (G >= nparts) {
-        glo = G * part / nparts;
-        ghi = G * (part + 1) / nparts;
-    } else {
-        blo = bfirst + (bend - bfirst) * part / nparts;
-        bhi = bfirst + (bend - bfirst) * (part + 1) / nparts;
-    }
+    i64 glo, ghi, blo, bhi;
+    split_parts(G, bfirst, bend, part, nparts, &glo, &ghi, &blo, &bhi);
     Tile tl;
     float gys[TILE], gxs[TILE], gms[TILE];
     for (i64 b = blo; b < bhi; ++b) {
@@ -550,14 +559,8 @@ static void backward_part(const bf16 *x, const float *offset, const float *mask,
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const int need_s = goff != 0 || gmask != 0, simd = simd_level();
     const i64 bfirst = q0 / HWo, bend = (q1 - 1) / HWo + 1;
-    i64 glo = 0, ghi = G, blo = bfirst, bhi = bend;
-    if (G >= nparts) {
-        glo = G * part / nparts;
-        ghi = G * (part + 1) / nparts;
-    } else {
-        blo = bfirst + (bend - bfirst) * part / nparts;
-        bhi = bfirst + (bend - bfirst) * (part + 1) / nparts;
-    }
+    i64 glo, ghi, blo, bhi;
+    split_parts(G, bfirst, bend, part, nparts, &glo, &ghi, &blo, &bhi);
     Tile tl;
     float obuf[2 * G * KK * TILE], mbuf[G * KK * TILE];
     /* The gradients of SUPER positions, written out together: long rows for NCHW (one
