@@ -15,7 +15,7 @@ from typing import Any
 
 from zsm.engine.ensemble import ENSEMBLE_PASSES
 from zsm.engine.precision import PRECISIONS
-from zsm.models.registry import DEFAULT_TIME_WEIGHTS, DEFAULT_WEIGHTS
+from zsm.models.registry import DEFAULT_TIME_WEIGHTS, DEFAULT_WEIGHTS, default_weights
 from zsm.video.encode import DEFAULT_CRF
 from zsm.video.io import DEFAULT_FOLDER_FPS
 from zsm.video.tiles import DEFAULT_TILE_OVERLAP
@@ -142,12 +142,8 @@ class UpscaleOptions:
     @property
     def weights_name(self) -> str:
         """The weights to load: :attr:`weights`, else the bundled default for the time
-        steps asked: :data:`DEFAULT_TIME_WEIGHTS` (any time step) for ``time_factor`` > 2
-        or any ``fps``, :data:`DEFAULT_WEIGHTS` (halfway only, its best x2) otherwise."""
-        if self.weights:
-            return self.weights
-        factor = self.effective_time_factor
-        return DEFAULT_TIME_WEIGHTS if factor is None or factor > 2 else DEFAULT_WEIGHTS
+        steps asked (:func:`~zsm.models.registry.default_weights`)."""
+        return self.weights or default_weights(self.effective_time_factor)
 
     @property
     def effective_time_factor(self) -> int | None:

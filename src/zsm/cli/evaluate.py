@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from zsm.device import resolve_device
     from zsm.errors import InputError, WeightsError
     from zsm.evaluation import EvalOptions, evaluate, write_report
-    from zsm.models.registry import DEFAULT_TIME_WEIGHTS, DEFAULT_WEIGHTS, load_model
+    from zsm.models.registry import default_weights, load_model
 
     factor = 2 if args.time_factor is None else args.time_factor
     if factor < 2:
@@ -115,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--crop-border must be >= 0, got {args.crop_border}")
     device = resolve_device(args.device)
     baselines = parse_baselines(args.baselines)
-    default = DEFAULT_TIME_WEIGHTS if factor > 2 else DEFAULT_WEIGHTS
-    weights = None if args.baselines_only else (args.weights or default)
+    weights = None if args.baselines_only else (args.weights or default_weights(factor))
     if weights is not None and weights.lower() == "none":
         weights = None
     model = None

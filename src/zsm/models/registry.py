@@ -42,6 +42,13 @@ DEFAULT_WEIGHTS = "zsm-compact-flow"
 DEFAULT_TIME_WEIGHTS = "zsm-compact-time"
 
 
+def default_weights(time_factor: int | None) -> str:
+    """The bundled weights for output frames per input ``time_factor`` (``None``: a target
+    frame rate): :data:`DEFAULT_TIME_WEIGHTS` where other time steps than halfway may be
+    needed (above 2, or a rate), else :data:`DEFAULT_WEIGHTS` (halfway only, its best x2)."""
+    return DEFAULT_TIME_WEIGHTS if time_factor is None or time_factor > 2 else DEFAULT_WEIGHTS
+
+
 def register_weights(entry: WeightsEntry) -> None:
     if entry.name in _REGISTRY:
         raise ValueError(f"weights name {entry.name!r} is already registered")

@@ -93,11 +93,10 @@ class NativeSampler:
         mask: torch.Tensor,
         geo: Geom,
         cols_dtype: torch.dtype = torch.float32,
-        chunk_bytes: int | None = None,
     ) -> None:
         self.lib, self.geo = lib, geo
         self.ntiles = -(-geo.hwo // TILE)
-        size = chunk_bytes or (CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES)
+        size = CHUNK_BYTES_NHWC if x.dim() == 4 else CHUNK_BYTES
         if torch.get_num_threads() > 1:
             size = CHUNK_BYTES_THREADED
         self.cols_dtype = cols_dtype
@@ -128,6 +127,7 @@ class NativeSampler:
             osb=ostrides[0], osc=ostrides[1], osp=ostrides[2],
             msb=mstrides[0], msc=mstrides[1], msp=mstrides[2],
         )  # fmt: skip
+        self._backward: Kernel | None = None
 
     def im2col(self, i: int) -> torch.Tensor:
         """Columns of chunk ``i``, (rows, K): a scratch buffer, overwritten by the next call."""
@@ -172,8 +172,9 @@ class NativeSampler:
         gos = position_strides(goff) if goff is not None else (0, 0, 0)
         gms = position_strides(gmask) if gmask is not None else (0, 0, 0)
         assert gos is not None and gms is not None
-        fn = self.lib.backward_bf16.bind(**self._backward_args)
-        fn = fn.bind(
+        if self._backward is None:
+            self._backward = self.lib.backward_bf16.bind(**self._backward_args)
+        fn = self._backward.bind(
             gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb,
             gosb=gos[0], gosc=gos[1], gosp=gos[2], gmsb=gms[0], gmsc=gms[1], gmsp=gms[2],
         )  # fmt: skip
