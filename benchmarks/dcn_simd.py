@@ -4,10 +4,12 @@
 
 ``old``: the native kernel's portable loops and the general backward pass
 (``NativeLib.set_simd(False)``, ``function.FUSED_BF16_BACKWARD = False``);
-``new``: the AVX-512 loops and the fused bf16 NHWC backward pass; ``dense``:
-the bf16 dense 3x3 conv of the same shape. NHWC, bf16 autocast, one thread,
-the process's CPU time, best of the rounds (two runs each per round);
-backward = forward+backward minus forward.
+``tile``: the AVX-512 loops with the forward vectorised over a tile's positions
+(``set_simd(True, pairs=False)``) and the fused bf16 NHWC backward pass;
+``new``: the same with the forward vectorised over each position's (group,
+kernel point) pairs; ``dense``: the bf16 dense 3x3 conv of the same shape.
+NHWC, bf16 autocast, one thread, the process's CPU time, best of the rounds
+(two runs each per round); backward = forward+backward minus forward.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
     runs: dict[str, tuple[Callable[[], torch.Tensor], tuple[torch.Tensor, ...]]] = {
         "dense": (dense, (x, weight, bias)),
         "old": (dcn, (x, offset, mask, weight, bias)),
+        "tile": (dcn, (x, offset, mask, weight, bias)),
         "new": (dcn, (x, offset, mask, weight, bias)),
     }
     fwd = dict.fromkeys(runs, float("inf"))
     both_t = dict.fromkeys(runs, float("inf"))
     for r in range(rounds + 1):  # round 0: warm-up
         for impl, (fn, leaves) in runs.items():
-            lib.set_simd(impl != "old")
+            lib.set_simd(impl != "old", pairs=impl != "tile")
             function.FUSED_BF16_BACKWARD = impl != "old"
             for _ in range(2):
                 t0 = time.process_time()

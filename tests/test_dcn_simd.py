@@ -156,6 +156,38 @@ def test_simd_and_portable_loops_agree_at_the_edges() -> None:
         assert _rel(a, b) < 1e-5, i
 
 
+# Cg 8 with 9, 36, 45 and 72 (group, kernel point) pairs (full and partial blocks of 16),
+# Cg 16; several tiles and images
+PAIR_SHAPES = [(2, 32, 4, 12, 13), (1, 8, 1, 11, 3), (1, 40, 5, 5, 6), (1, 64, 8, 6, 7)]
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("shape", [*PAIR_SHAPES, SHAPES[1]], ids=lambda s: "x".join(map(str, s)))
+def test_the_per_position_forward_equals_the_per_tile_one(
+    shape: tuple[int, ...], x_dtype: torch.dtype
+) -> None:
+    """The SIMD forward of NHWC offsets and mask, vectorised over the (group, kernel point)
+    pairs of a position, makes the same bf16 columns, bit for bit, as the one vectorised
+    over a tile's positions; edge, outside, NaN and infinite positions included."""
+    lib = _lib()
+    if lib.set_simd(True) == 0:
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    leaves = _case(shape, nhwc=True, seed=4)
+    flat = leaves[1].permute(0, 2, 3, 1).reshape(-1)  # NHWC: the offsets' own storage order
+    special = torch.tensor([-1.0, 0.0, 4.0, 5.0, -7.5, 9.25, float("nan"), float("inf"), -0.0])
+    flat[: 8 * special.numel()] = special.repeat(8)
+    leaves[1] = flat.view(shape[0], shape[3], shape[4], -1).permute(0, 3, 1, 2)
+    leaves[0] = leaves[0].to(x_dtype)
+    try:
+        new = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+        lib.set_simd(True, pairs=False)
+        old = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+    finally:
+        lib.set_simd(True)
+    assert new.dtype == torch.bfloat16 and torch.isfinite(new).all()  # NaN positions weigh 0
+    torch.testing.assert_close(new, old, rtol=0, atol=0)
+
+
 def test_env_switch_keeps_the_portable_loops() -> None:
     code = "from zsm.ops.dcn.native import load_native; print(load_native().set_simd())"
     env = {**os.environ, "ZSM_DCN_SIMD": "0", "PYTHONPATH": str(SRC)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,7 @@ from zsm.evaluation.baselines import bicubic_flow_lr, flow_midpoint
 from zsm.models.flowguide import state_flows
 from zsm.models.timesteps import resolve_times
 from zsm.models.zsm import flow_skip
-from zsm.ops.flow import DISFlow, frame_flows, to_uint8_frames
+from zsm.ops.flow import FLOW_SCALE, DISFlow, frame_flows, to_uint8_frames
 from zsm.ops.warp import blend_at_time, flow_between, flows_to_time, resize_flow, warp
 from zsm.upscale import build_pipeline
 from zsm.video.pipeline import PairFlows
@@ -67,6 +68,33 @@ def test_dis_flow_follows_a_translation_both_ways() -> None:
     assert flow.shape == (2, 4, 40, 48) and flow.dtype == np.float32
     inner = flow[..., 8:-8, 8:-8]
     np.testing.assert_allclose(np.median(inner, axis=(2, 3)), [[3, -1, -3, 1]] * 2, atol=0.2)
+
+
+def test_dis_flow_on_enlarged_frames_is_finer_and_in_frame_pixels() -> None:
+    """FLOW_SCALE: DIS on the frames enlarged 2x measures a sub-pixel motion (0.75 px of
+    area-reduced frames, as LR inputs are made) closer than DIS on the frames themselves,
+    and gives it in the frames' pixels; whole-pixel motion is found at either scale."""
+    errors = {1: 0.0, 2: 0.0}
+    for seed in range(4):
+        big = texture(192, 256, seed)
+        frames = [
+            cv2.resize(
+                np.ascontiguousarray(big[8:168, 8 + 3 * k : 232 + 3 * k]),
+                (56, 40),
+                interpolation=cv2.INTER_AREA,
+            )
+            for k in range(2)
+        ]
+        for scale in errors:
+            flow = DISFlow(scale).pair(*frames)[:, 8:-8, 8:-8]
+            assert flow.shape == (4, 24, 40) and flow.dtype == np.float32
+            errors[scale] += float(np.hypot(flow[0] + 0.75, flow[1]).mean())
+    assert DISFlow().scale == FLOW_SCALE == 2
+    assert errors[2] < 0.6 * errors[1], errors
+    flow = DISFlow(1).clip(moving(2, 40, 48, dx=3, dy=-1))[..., 8:-8, 8:-8]
+    np.testing.assert_allclose(np.median(flow, axis=(2, 3)), [[3, -1, -3, 1]], atol=0.2)
+    with pytest.raises(ValueError, match="flow scale"):
+        DISFlow(0)
 
 
 def test_dis_flow_of_frames_smaller_than_opencv_accepts() -> None:

@@ -12,7 +12,11 @@ Here the work is organised the way a dense conv's is:
    read in place, its NHWC offsets and mask transposed tile by tile in
    registers. For each output position, group and kernel point, the four
    bilinear corners and their weights (mask folded in) are computed *once*
-   and applied to ``Cg`` contiguous floats. The result is the column matrix
+   and applied to ``Cg`` contiguous floats (with AVX-512 and NHWC offsets and
+   mask, vectorised over each position's (group, kernel point) pairs, which
+   lie side by side there, rather than over positions; the offsets are then
+   never transposed, and each position's row of columns is written in order).
+   The result is the column matrix
    ``(B*Ho*Wo, K)``, ``K = C*kh*kw`` ordered (group, kernel point, channel in
    group).
 2. **One GEMM** per chunk of rows with the weight permuted to that order,

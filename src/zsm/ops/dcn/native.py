@@ -9,7 +9,9 @@ compiler, an odd platform) logs one warning and the callers use the pure
 path; ``ZSM_DCN_NATIVE=0`` disables it silently. ``csrc/dcn_simd.c``
 (included by the C file) holds AVX-512 (BF16) forms of the inner loops,
 compiled by function attributes and used where the CPU has them;
-``ZSM_DCN_SIMD=0`` (or :meth:`NativeLib.set_simd`) keeps the portable ones.
+``ZSM_DCN_SIMD=0`` (or :meth:`NativeLib.set_simd`) keeps the portable ones, and
+``set_simd(True, pairs=False)`` the AVX-512 forward of before, vectorised over a
+tile's positions (for comparisons: ``benchmarks/dcn_simd.py``).
 
 The interface is declared once, in :data:`SIGNATURES`: each parameter's name
 and C type. From it come the ctypes argument types and a generated header
@@ -275,9 +277,14 @@ class NativeLib:
     backward_bf16: Kernel
     simd: Kernel
 
-    def set_simd(self, on: bool | None = None) -> int:
-        """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use."""
-        return int(self.simd(request=-1 if on is None else int(on)))
+    def set_simd(self, on: bool | None = None, *, pairs: bool = True) -> int:
+        """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use.
+
+        ``pairs=False`` (for comparisons) runs the SIMD forward of NHWC offsets and mask
+        tile by tile, vectorised over positions, as before the per-position form.
+        """
+        request = -1 if on is None else (1 if pairs else 2) if on else 0
+        return int(self.simd(request=request))
 
     def im2col_for(self, x_dtype: torch.dtype, cols_dtype: torch.dtype) -> Kernel | None:
         """The im2col reading ``x_dtype`` and writing ``cols_dtype`` (None: there is none)."""

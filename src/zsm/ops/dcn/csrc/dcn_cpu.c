@@ -221,12 +221,18 @@ corners(Tile *restrict t, i64 n, const float *restrict oy, const float *restrict
     tile_corners(t, n, oy, ox, mk, fi, fj, H, W, C, full);
 }
 
+/* 1: the SIMD forward of NHWC offsets and mask runs per position (simd_pairs); 0: per
+   tile, as the other layouts (simd_corners + simd_rows_*), for comparisons. */
+static int pairs_state = 1;
+
 /* The SIMD level in use (0: portable loops), after setting it: request 0 switches
-   the SIMD forms off, 1 on where the CPU has them, -1 leaves it. */
+   the SIMD forms off, 1 on where the CPU has them, 2 on but the forward per tile
+   (pairs_state 0), -1 leaves it. */
 int zsm_dcn_simd(ZSM_DCN_SIMD_PARAMS) {
     if (request >= 0) {
         simd_state = -1;
         if (request == 0 || !simd_level()) simd_state = 0;
+        pairs_state = request != 2;
     }
     return simd_level();
 }
@@ -249,7 +255,8 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
     const i64 ntiles = (HWo + TILE - 1) / TILE;
     const int gather_o = osp != 1, gather_m = msp != 1;
     const int simd = simd_level(), simd_rows = ZSM_SIMD && simd && cbf && Cg % 8 == 0;
-    (void)nthreads, (void)simd_rows;
+    const int simd_pos = simd_rows && pairs_state && osc == 1 && msc == 1;
+    (void)nthreads, (void)simd_rows, (void)simd_pos;
 #if defined(_OPENMP) /* without OpenMP an unknown pragma is a warning */
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -260,6 +267,16 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
         const i64 n = p0 + TILE < HWo ? TILE : HWo - p0;
         const float *ob = offset + b * osb + p0 * osp;
         const float *mb = mask + b * msb + p0 * msp;
+        const i64 cb = (b * HWo + p0 - q_base) * K; /* the tile's first element of cols */
+#if ZSM_SIMD
+        if (simd_pos) {
+            const void *xb = xbf ? (const void *)((const bf16 *)x + b * xsb)
+                                 : (const void *)((const float *)x + b * xsb);
+            simd_pairs(p0, n, ob, osp, mb, msp, xb, xbf, (bf16 *)cols + cb, H, W, xsp, xsg, G, kh,
+                       kw, pad, Wo, Cg);
+            continue;
+        }
+#endif
         i64 oc = osc, mc = msc;
         if (gather_o) {
             tile_gather(obuf, ob, n, 2 * G * KK, osp, osc);
@@ -271,7 +288,6 @@ im2col(const void *restrict x, const float *restrict offset, const float *restri
             mb = mbuf;
             mc = TILE;
         }
-        const i64 cb = (b * HWo + p0 - q_base) * K; /* the tile's first element of cols */
         tile_base(&tl, p0, n, Wo, pad);
         for (i64 g = 0; g < G; ++g) {
             const i64 xg = b * xsb + g * xsg; /* the group's first element of x */

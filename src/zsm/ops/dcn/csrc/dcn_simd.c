@@ -26,60 +26,79 @@ static int simd_level(void) {
     return simd_state;
 }
 
-/* tile_corners, 16 points per step. */
-SIMD_TARGET static void simd_corners(Tile *restrict t, i64 n, const float *restrict oy,
-                                     const float *restrict ox, const float *restrict mk,
-                                     float fi, float fj, i64 H, i64 W, i64 C, int full) {
-    const float hm1f = (float)(H - 1), wm1f = (float)(W - 1);
+/* The corners of 16 sampling positions (y, x) with masks m: tile_corners' arithmetic,
+   lane by lane.  Corner offsets are in elements of one group's image (pixels C apart). */
+typedef struct {
+    __m512i o[4];    /* corner element offsets 00, 01, 10, 11 */
+    __m512 w[4];     /* bilinear weight x mask, 0 outside */
+    __mmask16 c[4];  /* the corner is inside the image */
+    __mmask16 in;    /* some corner is */
+    __m512 ly, lx;   /* fractions of the position */
+} SimdCorners;
+
+SIMD_TARGET static inline __attribute__((always_inline)) void
+simd_corner_math(SimdCorners *restrict r, __m512 y, __m512 x, __m512 m, float hm1f, float wm1f,
+                 __m512i Wi, __m512i Ci) {
     const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
     const __m512 mone = _mm512_set1_ps(-1.0f);
     const __m512 hm1 = _mm512_set1_ps(hm1f), wm1 = _mm512_set1_ps(wm1f);
     const __m512 hm2 = _mm512_set1_ps(hm1f - 1.0f), wm2 = _mm512_set1_ps(wm1f - 1.0f);
+    const __m512 fy = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 fx = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 ly = _mm512_sub_ps(y, fy), lx = _mm512_sub_ps(x, fx);
+    const __mmask16 vy0 =
+        _mm512_cmp_ps_mask(fy, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fy, hm1, _CMP_LE_OQ);
+    const __mmask16 vy1 =
+        _mm512_cmp_ps_mask(fy, mone, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fy, hm2, _CMP_LE_OQ);
+    const __mmask16 vx0 =
+        _mm512_cmp_ps_mask(fx, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fx, wm1, _CMP_LE_OQ);
+    const __mmask16 vx1 =
+        _mm512_cmp_ps_mask(fx, mone, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fx, wm2, _CMP_LE_OQ);
+    /* clamped into the image; max(NaN, 0) is 0 (the second operand) */
+    const __m512 fy1 = _mm512_add_ps(fy, one), fx1 = _mm512_add_ps(fx, one);
+    const __m512i y0 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fy, zero), hm1));
+    const __m512i y1 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fy1, zero), hm1));
+    const __m512i x0 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fx, zero), wm1));
+    const __m512i x1 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fx1, zero), wm1));
+    const __m512i r0 = _mm512_mullo_epi32(y0, Wi), r1 = _mm512_mullo_epi32(y1, Wi);
+    r->o[0] = _mm512_mullo_epi32(_mm512_add_epi32(r0, x0), Ci);
+    r->o[1] = _mm512_mullo_epi32(_mm512_add_epi32(r0, x1), Ci);
+    r->o[2] = _mm512_mullo_epi32(_mm512_add_epi32(r1, x0), Ci);
+    r->o[3] = _mm512_mullo_epi32(_mm512_add_epi32(r1, x1), Ci);
+    const __m512 hy = _mm512_sub_ps(one, ly), hx = _mm512_sub_ps(one, lx);
+    r->c[0] = vy0 & vx0, r->c[1] = vy0 & vx1, r->c[2] = vy1 & vx0, r->c[3] = vy1 & vx1;
+    r->w[0] = _mm512_maskz_mul_ps(r->c[0], m, _mm512_mul_ps(hy, hx));
+    r->w[1] = _mm512_maskz_mul_ps(r->c[1], m, _mm512_mul_ps(hy, lx));
+    r->w[2] = _mm512_maskz_mul_ps(r->c[2], m, _mm512_mul_ps(ly, hx));
+    r->w[3] = _mm512_maskz_mul_ps(r->c[3], m, _mm512_mul_ps(ly, lx));
+    r->in = (vy0 | vy1) & (vx0 | vx1);
+    r->ly = ly, r->lx = lx;
+}
+
+/* tile_corners, 16 points per step. */
+SIMD_TARGET static void simd_corners(Tile *restrict t, i64 n, const float *restrict oy,
+                                     const float *restrict ox, const float *restrict mk,
+                                     float fi, float fj, i64 H, i64 W, i64 C, int full) {
+    const __m512 one = _mm512_set1_ps(1.0f);
     const __m512 vfi = _mm512_set1_ps(fi), vfj = _mm512_set1_ps(fj);
     const __m512i Wi = _mm512_set1_epi32((int)W), Ci = _mm512_set1_epi32((int)C);
+    SimdCorners r;
     for (i64 p = 0; p < n; p += 16) {
         const __mmask16 k = n - p >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - p)) - 1u);
         const __m512 y = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(t->by + p), vfi),
                                        _mm512_maskz_loadu_ps(k, oy + p));
         const __m512 x = _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(t->bx + p), vfj),
                                        _mm512_maskz_loadu_ps(k, ox + p));
-        const __m512 fy = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512 fx = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        const __m512 ly = _mm512_sub_ps(y, fy), lx = _mm512_sub_ps(x, fx);
-        const __mmask16 vy0 =
-            _mm512_cmp_ps_mask(fy, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fy, hm1, _CMP_LE_OQ);
-        const __mmask16 vy1 =
-            _mm512_cmp_ps_mask(fy, mone, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fy, hm2, _CMP_LE_OQ);
-        const __mmask16 vx0 =
-            _mm512_cmp_ps_mask(fx, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fx, wm1, _CMP_LE_OQ);
-        const __mmask16 vx1 =
-            _mm512_cmp_ps_mask(fx, mone, _CMP_GE_OQ) & _mm512_cmp_ps_mask(fx, wm2, _CMP_LE_OQ);
-        /* clamped into the image; max(NaN, 0) is 0 (the second operand) */
-        const __m512 fy1 = _mm512_add_ps(fy, one), fx1 = _mm512_add_ps(fx, one);
-        const __m512i y0 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fy, zero), hm1));
-        const __m512i y1 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fy1, zero), hm1));
-        const __m512i x0 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fx, zero), wm1));
-        const __m512i x1 = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(fx1, zero), wm1));
-        const __m512i r0 = _mm512_mullo_epi32(y0, Wi), r1 = _mm512_mullo_epi32(y1, Wi);
-        _mm512_storeu_si512(t->o[0] + p, _mm512_mullo_epi32(_mm512_add_epi32(r0, x0), Ci));
-        _mm512_storeu_si512(t->o[1] + p, _mm512_mullo_epi32(_mm512_add_epi32(r0, x1), Ci));
-        _mm512_storeu_si512(t->o[2] + p, _mm512_mullo_epi32(_mm512_add_epi32(r1, x0), Ci));
-        _mm512_storeu_si512(t->o[3] + p, _mm512_mullo_epi32(_mm512_add_epi32(r1, x1), Ci));
-        const __m512 m = _mm512_maskz_loadu_ps(k, mk + p);
-        const __m512 hy = _mm512_sub_ps(one, ly), hx = _mm512_sub_ps(one, lx);
-        const __mmask16 c0 = vy0 & vx0, c1 = vy0 & vx1, c2 = vy1 & vx0, c3 = vy1 & vx1;
-        _mm512_storeu_ps(t->w[0] + p, _mm512_maskz_mul_ps(c0, m, _mm512_mul_ps(hy, hx)));
-        _mm512_storeu_ps(t->w[1] + p, _mm512_maskz_mul_ps(c1, m, _mm512_mul_ps(hy, lx)));
-        _mm512_storeu_ps(t->w[2] + p, _mm512_maskz_mul_ps(c2, m, _mm512_mul_ps(ly, hx)));
-        _mm512_storeu_ps(t->w[3] + p, _mm512_maskz_mul_ps(c3, m, _mm512_mul_ps(ly, lx)));
+        simd_corner_math(&r, y, x, _mm512_maskz_loadu_ps(k, mk + p), (float)(H - 1),
+                         (float)(W - 1), Wi, Ci);
+        for (int c = 0; c < 4; ++c) {
+            _mm512_storeu_si512(t->o[c] + p, r.o[c]);
+            _mm512_storeu_ps(t->w[c] + p, r.w[c]);
+        }
         if (!full) continue;
-        const __mmask16 in = (vy0 | vy1) & (vx0 | vx1);
-        _mm512_storeu_ps(t->v[0] + p, _mm512_maskz_mov_ps(c0, one));
-        _mm512_storeu_ps(t->v[1] + p, _mm512_maskz_mov_ps(c1, one));
-        _mm512_storeu_ps(t->v[2] + p, _mm512_maskz_mov_ps(c2, one));
-        _mm512_storeu_ps(t->v[3] + p, _mm512_maskz_mov_ps(c3, one));
-        _mm512_storeu_ps(t->ly + p, _mm512_maskz_mov_ps(in, ly));
-        _mm512_storeu_ps(t->lx + p, _mm512_maskz_mov_ps(in, lx));
+        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(t->v[c] + p, _mm512_maskz_mov_ps(r.c[c], one));
+        _mm512_storeu_ps(t->ly + p, _mm512_maskz_mov_ps(r.in, r.ly));
+        _mm512_storeu_ps(t->lx + p, _mm512_maskz_mov_ps(r.in, r.lx));
     }
 }
 
@@ -101,33 +120,129 @@ SIMD_TARGET static inline __m256 simd_sample(__m256 a0, __m256 a1, __m256 a2, __
     return _mm256_fmadd_ps(a3, x3, acc);
 }
 
+/* One row of Cg columns (Cg % 8 == 0): the 4 corners of x at o0..o3, weighted. */
+#define SIMD_ROW(LD, x, o0, o1, o2, o3, w0, w1, w2, w3, dst, Cg) \
+    do { \
+        const __m256 a0_ = _mm256_set1_ps(w0), a1_ = _mm256_set1_ps(w1); \
+        const __m256 a2_ = _mm256_set1_ps(w2), a3_ = _mm256_set1_ps(w3); \
+        for (i64 c_ = 0; c_ < (Cg); c_ += 8) \
+            simd_st8((dst) + c_, simd_sample(a0_, a1_, a2_, a3_, LD((x) + (o0) + c_), \
+                                             LD((x) + (o1) + c_), LD((x) + (o2) + c_), \
+                                             LD((x) + (o3) + c_))); \
+    } while (0)
+#define SIMD_LD_F32(p) _mm256_loadu_ps(p)
+
 /* The forward rows of a tile for one (group, kernel point): bf16 x -> bf16 columns
    (the row of point p at cols + p * K), Cg % 8 == 0. */
 SIMD_TARGET static void simd_rows_bf16(const Tile *restrict t, i64 n, const bf16 *restrict xg,
                                        bf16 *restrict cols, i64 K, i64 Cg) {
-    for (i64 p = 0; p < n; ++p, cols += K) {
-        const __m256 a0 = _mm256_set1_ps(t->w[0][p]), a1 = _mm256_set1_ps(t->w[1][p]);
-        const __m256 a2 = _mm256_set1_ps(t->w[2][p]), a3 = _mm256_set1_ps(t->w[3][p]);
-        const bf16 *r0 = xg + t->o[0][p], *r1 = xg + t->o[1][p];
-        const bf16 *r2 = xg + t->o[2][p], *r3 = xg + t->o[3][p];
-        for (i64 c = 0; c < Cg; c += 8)
-            simd_st8(cols + c, simd_sample(a0, a1, a2, a3, simd_ld8(r0 + c), simd_ld8(r1 + c),
-                                           simd_ld8(r2 + c), simd_ld8(r3 + c)));
-    }
+    for (i64 p = 0; p < n; ++p, cols += K)
+        SIMD_ROW(simd_ld8, xg, t->o[0][p], t->o[1][p], t->o[2][p], t->o[3][p], t->w[0][p],
+                 t->w[1][p], t->w[2][p], t->w[3][p], cols, Cg);
 }
 
 /* The same from float32 x. */
 SIMD_TARGET static void simd_rows_f32(const Tile *restrict t, i64 n, const float *restrict xg,
                                       bf16 *restrict cols, i64 K, i64 Cg) {
-    for (i64 p = 0; p < n; ++p, cols += K) {
-        const __m256 a0 = _mm256_set1_ps(t->w[0][p]), a1 = _mm256_set1_ps(t->w[1][p]);
-        const __m256 a2 = _mm256_set1_ps(t->w[2][p]), a3 = _mm256_set1_ps(t->w[3][p]);
-        const float *r0 = xg + t->o[0][p], *r1 = xg + t->o[1][p];
-        const float *r2 = xg + t->o[2][p], *r3 = xg + t->o[3][p];
-        for (i64 c = 0; c < Cg; c += 8)
-            simd_st8(cols + c, simd_sample(a0, a1, a2, a3, _mm256_loadu_ps(r0 + c),
-                                           _mm256_loadu_ps(r1 + c), _mm256_loadu_ps(r2 + c),
-                                           _mm256_loadu_ps(r3 + c)));
+    for (i64 p = 0; p < n; ++p, cols += K)
+        SIMD_ROW(SIMD_LD_F32, xg, t->o[0][p], t->o[1][p], t->o[2][p], t->o[3][p], t->w[0][p],
+                 t->w[1][p], t->w[2][p], t->w[3][p], cols, Cg);
+}
+
+/* The len < 16 floats before end in lanes 0 .. len-1, the other lanes 0; avail floats
+   before end are readable.  An unmasked load and a lane shift where 16 are: a masked
+   load stalls on AMD Zen 4 (simd_pairs with masked loads: 1.3-1.4x slower than the
+   per-tile forward; with these, 1.1-1.3x faster). */
+SIMD_TARGET static inline __m512 simd_tail(const float *end, i64 len, i64 avail) {
+    const __mmask16 k = (__mmask16)((1u << len) - 1u);
+    if (avail < 16) return _mm512_maskz_loadu_ps(k, end - len);
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i idx = _mm512_add_epi32(lanes, _mm512_set1_epi32((int)(16 - len)));
+    return _mm512_maskz_permutexvar_ps(k, idx, _mm512_loadu_ps(end - 16));
+}
+
+/* Positions whose corners simd_pairs computes before sampling their rows: far enough
+   apart that the rows' scalar loads of the corners find their vector stores retired
+   (store-to-load forwarding from a 64-byte store to a 4-byte load stalls). */
+#define PAIR_BATCH 2
+
+/* The bf16 columns of n output positions from p0 on (image-relative), for offsets and
+   mask whose channels are adjacent (NHWC: op[2 * ch] = dy, op[2 * ch + 1] = dx and mp[ch]
+   of position p at ob + p * osp, mb + p * msp), vectorised over the (group, kernel point)
+   pairs ch of each position rather than over positions: no transposition of the
+   offsets and mask, and each position's row of columns written in order.  The same
+   positions, corners and samples as simd_corners + simd_rows_*, bit for bit.
+   xb: image b's first element; group g's channels at xb + g * xsg. */
+SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 osp,
+                                   const float *restrict mb, i64 msp, const void *restrict xb,
+                                   const int xbf, bf16 *restrict cols, i64 H, i64 W, i64 xsp,
+                                   i64 xsg, i64 G, i64 kh, i64 kw, i64 pad, i64 Wo, i64 Cg) {
+    const i64 KK = kh * kw, GKK = G * KK, K = GKK * Cg, NB = (GKK + 15) / 16 * 16;
+    float fi[NB], fj[NB], w[4][PAIR_BATCH * NB];
+    i32 go[NB], o[4][PAIR_BATCH * NB];
+    for (i64 ch = 0; ch < NB; ++ch) { /* kernel point and group of pair ch */
+        const i64 kp = ch % KK;
+        fi[ch] = (float)(kp / kw);
+        fj[ch] = (float)(kp % kw);
+        go[ch] = (i32)((ch / KK) * xsg);
+    }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i Wi = _mm512_set1_epi32((int)W), Ci = _mm512_set1_epi32((int)xsp);
+    const float hm1 = (float)(H - 1), wm1 = (float)(W - 1);
+    SimdCorners r;
+    i64 h = p0 / Wo, x = p0 - h * Wo;
+    for (i64 q0 = 0; q0 < n; q0 += PAIR_BATCH) {
+        const i64 nq = n - q0 < PAIR_BATCH ? n - q0 : PAIR_BATCH;
+        for (i64 q = 0; q < nq; ++q) { /* the corners of the batch's positions */
+            const __m512 by = _mm512_set1_ps((float)(h - pad));
+            const __m512 bx = _mm512_set1_ps((float)(x - pad));
+            const float *op = ob + (q0 + q) * osp, *mp = mb + (q0 + q) * msp;
+            for (i64 c0 = 0; c0 < GKK; c0 += 16) {
+                const i64 nb = GKK - c0 < 16 ? GKK - c0 : 16, n2 = 2 * nb;
+                /* The last block's tails end where the position's channels end. */
+                const __m512 lo = n2 >= 16 ? _mm512_loadu_ps(op + 2 * c0)
+                                           : simd_tail(op + 2 * GKK, n2, 2 * GKK);
+                const __m512 hi = n2 >= 32  ? _mm512_loadu_ps(op + 2 * c0 + 16)
+                                  : n2 > 16 ? simd_tail(op + 2 * GKK, n2 - 16, 2 * GKK)
+                                            : _mm512_setzero_ps();
+                const __m512 m = nb == 16 ? _mm512_loadu_ps(mp + c0) : simd_tail(mp + GKK, nb, GKK);
+                const __m512 y = _mm512_add_ps(_mm512_add_ps(by, _mm512_loadu_ps(fi + c0)),
+                                               _mm512_permutex2var_ps(lo, even, hi));
+                const __m512 xx = _mm512_add_ps(_mm512_add_ps(bx, _mm512_loadu_ps(fj + c0)),
+                                                _mm512_permutex2var_ps(lo, odd, hi));
+                simd_corner_math(&r, y, xx, m, hm1, wm1, Wi, Ci);
+                const __m512i g = _mm512_loadu_si512(go + c0);
+                for (int c = 0; c < 4; ++c) {
+                    _mm512_storeu_si512(o[c] + q * NB + c0, _mm512_add_epi32(r.o[c], g));
+                    _mm512_storeu_ps(w[c] + q * NB + c0, r.w[c]);
+                }
+            }
+            if (++x == Wo) {
+                x = 0;
+                ++h;
+            }
+        }
+        for (i64 q = 0; q < nq; ++q, cols += K) { /* their rows, in order */
+            const i32 *o0 = o[0] + q * NB, *o1 = o[1] + q * NB;
+            const i32 *o2 = o[2] + q * NB, *o3 = o[3] + q * NB;
+            const float *w0 = w[0] + q * NB, *w1 = w[1] + q * NB;
+            const float *w2 = w[2] + q * NB, *w3 = w[3] + q * NB;
+            bf16 *dst = cols;
+            if (xbf && Cg == 8) /* both presets: one register a row, no channel loop */
+                for (i64 j = 0; j < GKK; ++j, dst += 8)
+                    SIMD_ROW(simd_ld8, (const bf16 *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
+                             w1[j], w2[j], w3[j], dst, 8);
+            else if (xbf)
+                for (i64 j = 0; j < GKK; ++j, dst += Cg)
+                    SIMD_ROW(simd_ld8, (const bf16 *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
+                             w1[j], w2[j], w3[j], dst, Cg);
+            else
+                for (i64 j = 0; j < GKK; ++j, dst += Cg)
+                    SIMD_ROW(SIMD_LD_F32, (const float *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
+                             w1[j], w2[j], w3[j], dst, Cg);
+        }
     }
 }
 
