@@ -71,10 +71,10 @@ def test_dis_flow_follows_a_translation_both_ways() -> None:
 
 
 def test_dis_flow_on_enlarged_frames_is_finer_and_in_frame_pixels() -> None:
-    """FLOW_SCALE: DIS on the frames enlarged 2x measures a sub-pixel motion (0.75 px of
-    area-reduced frames, as LR inputs are made) closer than DIS on the frames themselves,
-    and gives it in the frames' pixels; whole-pixel motion is found at either scale."""
-    errors = {1: 0.0, 2: 0.0}
+    """FLOW_SCALE: DIS on the frames enlarged 2x or 4x measures a sub-pixel motion (0.75 px
+    of area-reduced frames, as LR inputs are made) closer than DIS on the frames
+    themselves, and gives it in the frames' pixels; whole-pixel motion is found either way."""
+    errors = {1: 0.0, 2: 0.0, 4: 0.0}
     for seed in range(4):
         big = texture(192, 256, seed)
         frames = [
@@ -89,10 +89,11 @@ def test_dis_flow_on_enlarged_frames_is_finer_and_in_frame_pixels() -> None:
             flow = DISFlow(scale).pair(*frames)[:, 8:-8, 8:-8]
             assert flow.shape == (4, 24, 40) and flow.dtype == np.float32
             errors[scale] += float(np.hypot(flow[0] + 0.75, flow[1]).mean())
-    assert DISFlow().scale == FLOW_SCALE == 2
-    assert errors[2] < 0.6 * errors[1], errors
-    flow = DISFlow(1).clip(moving(2, 40, 48, dx=3, dy=-1))[..., 8:-8, 8:-8]
-    np.testing.assert_allclose(np.median(flow, axis=(2, 3)), [[3, -1, -3, 1]], atol=0.2)
+    assert DISFlow().scale == FLOW_SCALE == 4
+    assert errors[2] < 0.6 * errors[1] and errors[4] < 0.6 * errors[1], errors
+    for scale in (1, 4):
+        flow = DISFlow(scale).clip(moving(2, 40, 48, dx=3, dy=-1))[..., 8:-8, 8:-8]
+        np.testing.assert_allclose(np.median(flow, axis=(2, 3)), [[3, -1, -3, 1]], atol=0.2)
     with pytest.raises(ValueError, match="flow scale"):
         DISFlow(0)
 

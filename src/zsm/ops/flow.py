@@ -7,13 +7,15 @@ backward flow as one ``(n-1, 4, H, W)`` tensor per clip: channels
 computed on whole frames, before the video pipeline cuts them into tiles, so
 that a tile sees motion larger than itself.
 
-DIS runs on the gray LR frames enlarged ``FLOW_SCALE`` = 2 times (bicubic), and its
+DIS runs on the gray LR frames enlarged ``FLOW_SCALE`` = 4 times (bicubic), and its
 flow is area-reduced back to LR pixels: DIS matches 8-px patches (preset ``medium``)
-and refines down to whole pixels of its input, so on frames of 40 to 160 LR pixels a
-side the enlarged frames give it twice the sub-pixel detail. Measured on bikes
-(``zsm evaluate``, in-between frames): the flow skip alone 28.20 dB at scale 1, 28.44 at
-2, 28.49 at 4; the shipped ``zsm-compact-flow`` 29.23 at 1 and 29.38 at 2, untrained
-for it. ``DISFlow(scale=1)`` gives the flow of the weights trained before (see MODEL_CARD).
+from half its input's resolution, so on LR frames of 40 to 200 pixels a side the
+enlarged frames give it finer patches and sub-pixel detail. Chosen on the validation
+sets (Y-PSNR dB at flow scale 1 / 2 / 4, the same weights): ``zsm-compact-flow`` x2
+30.03 / 30.17 / 30.31 (its flow skip alone 28.64 / 28.87 / 29.07); ``zsm-compact-time``
+x2 31.98 / 32.00 / 32.23, x4 29.57 / 29.90 / 30.28. It costs 16x the DIS time of scale
+1, a few percent of the network's (``benchmarks/flow_cost.py``). ``DISFlow(scale=1)``
+gives the flow the weights were first trained with (see MODEL_CARD).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 FLOW_CHANNELS = 4  # (dx, dy) forward, then (dx, dy) backward
 _MIN_SIDE = 16  # DIS refuses frames under 12 px; smaller ones are edge-padded to this
-FLOW_SCALE = 2  # DIS runs on the LR frames enlarged this many times (see above)
+FLOW_SCALE = 4  # DIS runs on the LR frames enlarged this many times (see above)
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
