@@ -18,7 +18,7 @@ from zsm.evaluation.baselines import bicubic_flow_lr, flow_midpoint
 from zsm.models.flowguide import state_flows
 from zsm.models.timesteps import resolve_times
 from zsm.models.zsm import flow_skip
-from zsm.ops.flow import FLOW_SCALE, DISFlow, frame_flows, to_uint8_frames
+from zsm.ops.flow import FLOW_SCALE, MAX_FLOW_PIXELS, DISFlow, frame_flows, to_uint8_frames
 from zsm.ops.warp import blend_at_time, flow_between, flows_to_time, resize_flow, warp
 from zsm.upscale import build_pipeline
 from zsm.video.pipeline import PairFlows
@@ -96,6 +96,11 @@ def test_dis_flow_on_enlarged_frames_is_finer_and_in_frame_pixels() -> None:
         np.testing.assert_allclose(np.median(flow, axis=(2, 3)), [[3, -1, -3, 1]], atol=0.2)
     with pytest.raises(ValueError, match="flow scale"):
         DISFlow(0)
+    # large frames are enlarged less: never past MAX_FLOW_PIXELS
+    dis = DISFlow()
+    assert [dis.scale_for(h, w) for h, w in ((90, 160), (360, 640), (720, 1280))] == [4, 4, 2]
+    assert dis.scale_for(1080, 1920) == 1 == DISFlow(1).scale_for(36, 44)
+    assert 4 * 360 * 4 * 640 <= MAX_FLOW_PIXELS < 3 * 720 * 3 * 1280
 
 
 def test_dis_flow_of_frames_smaller_than_opencv_accepts() -> None:

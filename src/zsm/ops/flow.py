@@ -15,12 +15,16 @@ sets (Y-PSNR dB at flow scale 1 / 2 / 4, the same weights): ``zsm-compact-flow``
 30.03 / 30.17 / 30.31 (its flow skip alone 28.64 / 28.87 / 29.07); ``zsm-compact-time``
 x2 31.98 / 32.00 / 32.23, x4 29.57 / 29.90 / 30.28. It costs 16x the DIS time of scale
 1, a few percent of the network's (``benchmarks/flow_cost.py``). ``DISFlow(scale=1)``
-gives the flow the weights were first trained with (see MODEL_CARD).
+gives the flow the weights were first trained with (see MODEL_CARD). Frames are never
+enlarged past ``MAX_FLOW_PIXELS`` (2560x1440's worth): LR frames above 640x360 get a
+smaller factor (1280x720: 2, 1920x1080: 1), where DIS has patches enough, so its time
+and memory stay bounded (at 4x, a 1280x720 pair took 2.1 s and 1.6 GB).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import cv2
 import numpy as np
@@ -29,6 +33,7 @@ import torch
 FLOW_CHANNELS = 4  # (dx, dy) forward, then (dx, dy) backward
 _MIN_SIDE = 16  # DIS refuses frames under 12 px; smaller ones are edge-padded to this
 FLOW_SCALE = 4  # DIS runs on the LR frames enlarged this many times (see above)
+MAX_FLOW_PIXELS = 2560 * 1440  # ... but never past this many pixels
 
 
 def _gray(frame: np.ndarray) -> np.ndarray:
@@ -51,9 +56,16 @@ class DISFlow:
         self.scale = scale
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
+    def scale_for(self, h: int, w: int) -> int:
+        """The factor frames of h x w pixels are enlarged by: ``scale``, or less where that
+        would exceed :data:`MAX_FLOW_PIXELS` (at least 1)."""
+        fits = math.isqrt(MAX_FLOW_PIXELS // max(1, h * w))
+        return max(1, min(self.scale, fits))
+
     def _calc(self, g0: np.ndarray, g1: np.ndarray) -> np.ndarray:
-        """(h, w, 2) flow g0 -> g1 in g0's pixels, by DIS on both enlarged ``scale`` times."""
-        s = self.scale
+        """(h, w, 2) flow g0 -> g1 in g0's pixels, by DIS on both enlarged ``scale_for``
+        times."""
+        s = self.scale_for(*g0.shape)
         if s == 1:
             return self._dis.calc(g0, g1, None)
         h, w = g0.shape
