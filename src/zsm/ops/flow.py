@@ -62,28 +62,26 @@ class DISFlow:
         fits = math.isqrt(MAX_FLOW_PIXELS // max(1, h * w))
         return max(1, min(self.scale, fits))
 
-    def _calc(self, g0: np.ndarray, g1: np.ndarray) -> np.ndarray:
-        """(h, w, 2) flow g0 -> g1 in g0's pixels, by DIS on both enlarged ``scale_for``
-        times."""
-        s = self.scale_for(*g0.shape)
-        if s == 1:
-            return self._dis.calc(g0, g1, None)
-        h, w = g0.shape
-        big = (w * s, h * s)
-        flow = self._dis.calc(
-            cv2.resize(g0, big, interpolation=cv2.INTER_CUBIC),
-            cv2.resize(g1, big, interpolation=cv2.INTER_CUBIC),
-            None,
-        )
-        return cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA) * np.float32(1.0 / s)
-
     def pair(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
         """(4, H, W) float32: the flow 0 -> 1 then 1 -> 0, of uint8 (H, W, 3) frames."""
         h, w = frame0.shape[:2]
         g0, g1 = _gray(frame0), _gray(frame1)
-        f01 = self._calc(g0, g1)[:h, :w]
-        f10 = self._calc(g1, g0)[:h, :w]
-        return np.ascontiguousarray(np.concatenate((f01, f10), axis=-1).transpose(2, 0, 1))
+        gh, gw = g0.shape
+        s = self.scale_for(gh, gw)
+        if s > 1:  # both frames enlarged once, for both directions
+            big = (gw * s, gh * s)
+            g0 = cv2.resize(g0, big, interpolation=cv2.INTER_CUBIC)
+            g1 = cv2.resize(g1, big, interpolation=cv2.INTER_CUBIC)
+        f01 = self._reduced(self._dis.calc(g0, g1, None), s, gh, gw)[:h, :w]
+        f10 = self._reduced(self._dis.calc(g1, g0, None), s, gh, gw)[:h, :w]
+        return np.concatenate((f01, f10), axis=-1).transpose(2, 0, 1)
+
+    @staticmethod
+    def _reduced(flow: np.ndarray, s: int, h: int, w: int) -> np.ndarray:
+        """A flow of frames enlarged ``s`` times, area-reduced to (h, w) and in their pixels."""
+        if s == 1:
+            return flow
+        return cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA) * np.float32(1.0 / s)
 
     def clip(self, frames: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """(n-1, 4, H, W) float32 for uint8 frames (n, H, W, 3)."""
