@@ -6,8 +6,10 @@
 (``NativeLib.set_simd(False)``, ``function.FUSED_BF16_BACKWARD = False``);
 ``tile``: the AVX-512 loops with the forward vectorised over a tile's positions
 (``set_simd(True, pairs=False)``) and the fused bf16 NHWC backward pass;
-``new``: the same with the forward vectorised over each position's (group,
-kernel point) pairs; ``dense``: the bf16 dense 3x3 conv of the same shape.
+``pairs``: the same with the forward vectorised over each position's (group,
+kernel point) pairs, im2col chunks then a GEMM; ``fused``: the fused forward (the
+columns of 24 positions sampled, then multiplied by vdpbf16ps while in cache:
+``function.FUSED_BF16_FORWARD``); ``dense``: the bf16 dense 3x3 conv of the same shape.
 NHWC, bf16 autocast, one thread, the process's CPU time, best of the rounds
 (two runs each per round); backward = forward+backward minus forward.
 """
@@ -54,7 +56,8 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
         "dense": (dense, (x, weight, bias)),
         "old": (dcn, (x, offset, mask, weight, bias)),
         "tile": (dcn, (x, offset, mask, weight, bias)),
-        "new": (dcn, (x, offset, mask, weight, bias)),
+        "pairs": (dcn, (x, offset, mask, weight, bias)),
+        "fused": (dcn, (x, offset, mask, weight, bias)),
     }
     fwd = dict.fromkeys(runs, float("inf"))
     both_t = dict.fromkeys(runs, float("inf"))
@@ -62,6 +65,7 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
         for impl, (fn, leaves) in runs.items():
             lib.set_simd(impl != "old", pairs=impl != "tile")
             function.FUSED_BF16_BACKWARD = impl != "old"
+            function.FUSED_BF16_FORWARD = impl == "fused"
             for _ in range(2):
                 t0 = time.process_time()
                 with torch.no_grad():
@@ -78,7 +82,7 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
                     fwd[impl] = min(fwd[impl], t1 - t0)
                     both_t[impl] = min(both_t[impl], t2 - t1)
     lib.set_simd(True)
-    function.FUSED_BF16_BACKWARD = True
+    function.FUSED_BF16_BACKWARD = function.FUSED_BF16_FORWARD = True
     print(f"{name}: (B, C, H, W) = ({b}, {c}, {h}, {w}), {groups} offset groups")
     dense_bwd = both_t["dense"] - fwd["dense"]
     for impl in runs:

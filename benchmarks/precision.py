@@ -4,6 +4,7 @@
     python benchmarks/precision.py train --steps 5     # one step of the shipped recipe
     python benchmarks/precision.py forward             # the compact network, 3 frames
     python benchmarks/precision.py train --old-dcn     # also the DCN kernel as before
+    python benchmarks/precision.py forward --unfused   # also bf16 without the fused DCN forward
 
 Every mode runs float32 and bf16 with the offset/mask convs both ways
 (``bf16-off``: the float32 island; ``bf16-on``: in bf16, the default;
@@ -43,21 +44,28 @@ VARIANTS = {"fp32": (False, False), "bf16-off": (True, False), "bf16-on": (True,
 # ``--old-dcn``: bf16-on with the deformable conv's kernel as before its AVX-512 loops
 # and fused bf16 backward pass (the portable loops, the general backward), same process
 OLD_DCN = "bf16-old-dcn"
+# ``--unfused``: bf16-on with the deformable conv's forward as im2col chunks and a GEMM
+# (``function.FUSED_BF16_FORWARD`` off), not the fused kernel, same process
+UNFUSED = "bf16-unfused"
 
 
 def _variants(args: argparse.Namespace) -> dict[str, tuple[bool, bool]]:
     extra = {OLD_DCN: (True, True)} if getattr(args, "old_dcn", False) else {}
+    if getattr(args, "unfused", False):
+        extra[UNFUSED] = (True, True)
     return {**VARIANTS, **extra}
 
 
-def _dcn(old: bool) -> None:
+def _dcn(name: str) -> None:
     from zsm.ops.dcn import function
     from zsm.ops.dcn.native import load_native
 
+    old = name == OLD_DCN
     lib = load_native()
     if lib is not None:
         lib.set_simd(not old)
     function.FUSED_BF16_BACKWARD = not old
+    function.FUSED_BF16_FORWARD = name not in (OLD_DCN, UNFUSED)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -104,7 +112,7 @@ def _interleaved(args: argparse.Namespace, runs: dict[str, Callable[[], None]]) 
 
     def once(name: str) -> float:
         _offsets(_variants(args)[name][1])
-        _dcn(name == OLD_DCN)
+        _dcn(name)
         t0 = clock()
         runs[name]()
         return clock() - t0
@@ -132,11 +140,13 @@ def _interleaved(args: argparse.Namespace, runs: dict[str, Callable[[], None]]) 
         f"bf16-on vs bf16-off: {min(times['bf16-off']) / min(times['bf16-on']):.2f}x (best), "
         f"{ratio:.2f}x (median of paired ratios)"
     )
-    if OLD_DCN in times:
-        old, new = times[OLD_DCN], times["bf16-on"]
+    for other in (OLD_DCN, UNFUSED):
+        if other not in times:
+            continue
+        old, new = times[other], times["bf16-on"]
         ratio = statistics.median(a / b for a, b in zip(old, new, strict=True))
         print(
-            f"bf16-on vs {OLD_DCN}: {min(old) / min(new):.2f}x (best), "
+            f"bf16-on vs {other}: {min(old) / min(new):.2f}x (best), "
             f"{ratio:.2f}x (median of paired ratios)"
         )
 
@@ -208,6 +218,11 @@ def main() -> int:
             "--old-dcn",
             action="store_true",
             help=f"also {OLD_DCN}: bf16 with the DCN kernel's portable loops, general backward",
+        )
+        t.add_argument(
+            "--unfused",
+            action="store_true",
+            help=f"also {UNFUSED}: bf16 with the DCN forward as im2col chunks and a GEMM",
         )
         t.set_defaults(func=func)
     sub.choices["train"].add_argument(

@@ -207,3 +207,114 @@ def test_the_fused_backward_with_two_threads_matches_one(shape: tuple[int, ...])
     two = _run(leaves, True, torch.bfloat16, grad)
     for i, (a, b) in enumerate(zip(one, two, strict=True)):
         assert _rel(a, b) < (2e-2 if i == 4 else 1e-5), i
+
+
+# (batch, channels, offset groups, H, W, Cout): Cout 16, 32, 48, 64 and 144 (1 to 4
+# blocks of 16 outputs, and 64 + 64 + 16); rows not a multiple of the 24-row blocks
+FUSED_SHAPES = [
+    (2, 32, 4, 7, 9, 16),
+    (1, 32, 4, 12, 13, 32),
+    (2, 16, 2, 5, 11, 48),
+    (1, 64, 8, 6, 7, 64),
+    (2, 16, 1, 9, 5, 144),
+]
+
+
+def _fused_case(shape: tuple[int, ...], bias: bool) -> list[Any]:
+    b, c, groups, h, w, cout = shape
+    leaves = _case((b, c, groups, h, w), nhwc=True, seed=5)
+    g = torch.Generator().manual_seed(6)
+    leaves[0] = leaves[0].bfloat16()
+    leaves[3] = 0.1 * torch.randn(cout, c, 3, 3, generator=g)
+    leaves[4] = torch.randn(cout, generator=g) if bias else None
+    return leaves
+
+
+def _run_bias(leaves: list[Any], grad: torch.Tensor) -> list[torch.Tensor]:
+    """_run, where the bias may be None."""
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in leaves]
+    out = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+    wrt = [t for t in leaves if t is not None]
+    return [out, *torch.autograd.grad(out, wrt, grad.to(out.dtype))]
+
+
+def _forward(leaves: list[Any], fused: bool, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Point the forward at the fused kernel or not; the fused kernel's answers, recorded."""
+    ran: list[bool] = []
+    kernel = function.fused_forward_bf16
+
+    def recorded(*args: Any) -> bool:
+        ran.append(kernel(*args))
+        return ran[-1]
+
+    monkeypatch.setattr(function, "fused_forward_bf16", recorded)
+    monkeypatch.setattr(function, "FUSED_BF16_FORWARD", fused)
+    return ran
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_the_fused_forward_matches_im2col_and_a_gemm(
+    shape: tuple[int, ...], bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 NHWC input, NHWC offsets and mask: the columns sampled and multiplied a block
+    of rows at a time (vdpbf16ps) give im2col + GEMM's output to bf16 rounding, and the
+    same gradients (the backward pass does not depend on how the forward ran)."""
+    if _lib().set_simd(True) == 0:
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    leaves = _fused_case(shape, bias)
+    grad = torch.randn(shape[0], shape[5], shape[3], shape[4])
+    ran = _forward(leaves, True, monkeypatch)
+    got = _run_bias(leaves, grad)
+    assert ran == [True]
+    _forward(leaves, False, monkeypatch)
+    want = _run_bias(leaves, grad)
+    assert got[0].dtype == torch.bfloat16
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    # The same bf16 columns and weights, products exact in float32, sums in another
+    # order: at most a unit or two in bf16's last place of the output
+    torch.testing.assert_close(got[0].float(), want[0].float(), rtol=2**-7, atol=1e-3)
+    assert _rel(got[0], want[0]) < 2e-3
+    for a, b in zip(got[1:], want[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_fused_forward_with_two_threads_matches_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts split by rows, across images: each row's sums do not depend on the split."""
+    if _lib().set_simd(True) == 0:
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    leaves = _fused_case((3, 32, 4, 5, 7, 32), bias=True)
+    ran = _forward(leaves, True, monkeypatch)
+    one = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+    torch.set_num_threads(2)  # the single_thread fixture restores the count
+    two = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+    assert ran == [True, True]
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ["cout-12", "nchw-offsets", "portable", "per-tile"])
+def test_the_fused_forward_declines_what_it_cannot_run(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cout not a multiple of 16, offsets not NHWC, or the SIMD loops off (or the forward
+    asked per tile): the fused kernel declines and im2col + GEMM give the output."""
+    lib = _lib()
+    if lib.set_simd(True) == 0:
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    shape = (1, 32, 4, 6, 5, 12 if case == "cout-12" else 32)
+    leaves = _fused_case(shape, bias=True)
+    if case == "nchw-offsets":
+        leaves[1], leaves[2] = leaves[1].contiguous(), leaves[2].contiguous()
+    ran = _forward(leaves, True, monkeypatch)
+    try:
+        if case == "portable":
+            lib.set_simd(False)
+        if case == "per-tile":
+            lib.set_simd(True, pairs=False)
+        got = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+        monkeypatch.setattr(function, "FUSED_BF16_FORWARD", False)
+        want = deform_conv2d_cpu(*leaves, 1, native=True, gemm_dtype=torch.bfloat16)
+    finally:
+        lib.set_simd(True)
+    assert ran == [False]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -23,6 +23,15 @@ Here the work is organised the way a dense conv's is:
    written straight into the NCHW output (NHWC input: ``columns @ W^T``,
    the NHWC output's rows). Chunks of a few MB keep the columns
    in cache between the sampling and the GEMM and bound the extra memory.
+   bf16 NHWC input with NHWC offsets and mask on an AVX512-BF16 CPU (the
+   network under bf16 autocast there) takes the **fused forward** instead
+   (:data:`FUSED_BF16_FORWARD`, ``zsm_dcn_forward_bf16``): the columns of 24
+   positions at a time are sampled into a buffer that stays in L1/L2 and
+   multiplied at once by a hand-written ``vdpbf16ps`` kernel (24 float32
+   accumulators in registers: 450 GFLOP/s on one core of the AMD EPYC VM with
+   its operands in cache, oneDNN's dense conv 420-460), so no column ever goes out to L3 or memory:
+   the forward 4.6x -> 3.7x the bf16 dense conv (compact), 3.3x -> 2.6x
+   (official), same columns, the sums in another order.
 
 The backward pass is hand-written: ``grad_W += grad_out^T @ columns`` (the
 columns are sampled again rather than kept, as torchvision does, so a DCN
@@ -72,7 +81,7 @@ from zsm.ops.dcn.geometry import (
     workspace,
 )
 from zsm.ops.dcn.native import load_native, native_available
-from zsm.ops.dcn.native_sampler import NativeSampler, supports
+from zsm.ops.dcn.native_sampler import NativeSampler, fused_forward_bf16, supports
 from zsm.ops.dcn.pure import PureSampler
 
 Sampler = NativeSampler | PureSampler
@@ -80,6 +89,10 @@ Sampler = NativeSampler | PureSampler
 # The fused native backward pass for bf16 NHWC input (False: the general path, for
 # comparisons: the widened group-major copy, float32 col2im).
 FUSED_BF16_BACKWARD = True
+# The fused native forward pass for bf16 NHWC input with NHWC offsets and mask on
+# AVX512-BF16 CPUs: columns sampled and multiplied a few rows at a time, never leaving
+# the cache (False: im2col chunks and a GEMM, for comparisons).
+FUSED_BF16_FORWARD = True
 
 
 def make_sampler(
@@ -110,6 +123,25 @@ def make_sampler(
     if x.dim() == 4:
         x = group_major(x, geo)
     return PureSampler(x, offset, mask, geo)
+
+
+def _fused_forward(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    wcols: torch.Tensor,
+    bias: torch.Tensor | None,
+    geo: Geom,
+    rows: torch.Tensor,
+) -> bool:
+    """``rows`` (B*Ho*Wo, Cout) of bf16 NHWC ``x`` by the fused native forward, if it runs here."""
+    if not (FUSED_BF16_FORWARD and x.dtype == wcols.dtype == torch.bfloat16):
+        return False
+    lib = load_native()
+    if lib is None:
+        return False
+    off, msk = flat_positions(offset), flat_positions(mask)
+    return fused_forward_bf16(lib, x, off, msk, wcols, bias, geo, rows)
 
 
 def native_samples(x: torch.Tensor, cols_dtype: torch.dtype) -> bool:
@@ -190,7 +222,6 @@ class _ModulatedDeformConv(torch.autograd.Function):
         nhwc = allow_native and channels_last(x) and native_available()
         x_s = x if nhwc else group_major(x, geo)
         offset, mask = offset.detach(), mask.detach()
-        sampler = make_sampler(x_s, offset, mask, geo, allow_native, gemm_dtype)
         wcols = weight_to_cols(weight.detach(), geo).to(gemm)  # (Cout, K)
         cout = weight.shape[0]
         b = bias.detach().to(gemm) if bias is not None else None
@@ -202,9 +233,13 @@ class _ModulatedDeformConv(torch.autograd.Function):
                 device=x.device,
                 memory_format=torch.channels_last,
             )
-            _gemm_nhwc(sampler, wcols, b, result.permute(0, 2, 3, 1).view(-1, cout))
+            rows = result.permute(0, 2, 3, 1).view(-1, cout)
+            if not _fused_forward(x_s, offset, mask, wcols, b, geo, rows):
+                sampler = make_sampler(x_s, offset, mask, geo, allow_native, gemm_dtype)
+                _gemm_nhwc(sampler, wcols, b, rows)
         else:
             result = x.new_empty(geo.b, cout, geo.ho, geo.wo, dtype=gemm)
+            sampler = make_sampler(x_s, offset, mask, geo, allow_native, gemm_dtype)
             _gemm_nchw(sampler, wcols, b, result.view(geo.b, cout, geo.hwo))
         ctx.save_for_backward(x_s, offset, mask, weight)
         ctx.geo = geo

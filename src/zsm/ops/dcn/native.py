@@ -70,6 +70,7 @@ class CType:
 
 
 F32_IN = CType("const float *", ctypes.c_void_p, pointer=True)
+F32_IN_OR_NULL = CType("const float *", ctypes.c_void_p, pointer=True, nullable=True)
 F32_OUT = CType("float *", ctypes.c_void_p, pointer=True)
 F32_OUT_OR_NULL = CType("float *", ctypes.c_void_p, pointer=True, nullable=True)
 BF16_IN = CType("const uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
@@ -152,6 +153,24 @@ SIGNATURES = (
     # The backward pass of bf16 NHWC input in one pass over the corners: the columns
     # again (for grad_W), gx (float32 NHWC) += col2im(gcols), the offset and mask
     # gradients (float32 NCHW); rows [q0, q1), part ``part`` of ``nparts`` or all (OpenMP).
+    # The fused forward pass of bf16 NHWC input and NHWC offsets and mask: out (rows
+    # [q0, q1) of (B*Ho*Wo, Cout), bf16) = columns @ the packed weights wp ((K/2, Cout, 2)
+    # bf16) + bias, the columns sampled and multiplied a few rows at a time; part
+    # ``part`` of ``nparts`` or all (OpenMP). 1 if it ran, 0 where it cannot (see the C file).
+    Signature(
+        "zsm_dcn_forward_bf16",
+        (
+            ("x", BF16_IN),
+            *_each("offset mask", F32_IN),
+            ("wp", BF16_IN),
+            ("bias", F32_IN_OR_NULL),
+            ("out", BF16_OUT),
+            *_each(_DIMS + " Cout", I64),
+            *_each("xsb xsp osb osc osp msb msc msp q0 q1", I64),
+            *_each("part nparts nthreads", INT),
+        ),
+        INT,
+    ),
     Signature(
         "zsm_dcn_backward_bf16",
         (
@@ -266,7 +285,8 @@ class NativeLib:
     """The loaded kernel: ``im2col`` and ``col2im``; ``openmp`` if they split their loops.
 
     ``im2col`` is float32 -> float32; :meth:`im2col_for` gives every variant.
-    ``backward_bf16``: the fused backward pass of bf16 NHWC input. ``simd``: the
+    ``backward_bf16``: the fused backward pass of bf16 NHWC input, ``forward_bf16`` its
+    fused forward pass (sampling and GEMM together, AVX512-BF16 only). ``simd``: the
     SIMD level in use after a request (:meth:`set_simd`).
     """
 
@@ -276,6 +296,7 @@ class NativeLib:
     variants: dict[tuple[torch.dtype, torch.dtype], Kernel]
     backward_bf16: Kernel
     simd: Kernel
+    forward_bf16: Kernel
 
     def set_simd(self, on: bool | None = None, *, pairs: bool = True) -> int:
         """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use.
@@ -402,6 +423,7 @@ def load_native() -> NativeLib | None:
                 variants,
                 fns["zsm_dcn_backward_bf16"],
                 fns["zsm_dcn_simd"],
+                fns["zsm_dcn_forward_bf16"],
             )
             if not _simd_wanted():
                 _native_lib.set_simd(False)

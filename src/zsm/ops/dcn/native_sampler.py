@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -57,17 +58,49 @@ def _run_tiles(lib: NativeLib, fn: Kernel, start: int, stop: int) -> None:
         f.result()
 
 
-def _run_parts(lib: NativeLib, fn: Kernel) -> None:
-    """Call ``fn(part=, nparts=, nthreads=)`` for every part, in parallel."""
+def _run_parts(lib: NativeLib, fn: Kernel) -> list[Any]:
+    """Call ``fn(part=, nparts=, nthreads=)`` for every part, in parallel; their results."""
     n = max(1, torch.get_num_threads())
     if n == 1 or lib.openmp:
-        fn(part=0, nparts=1, nthreads=n)
-        return
+        return [fn(part=0, nparts=1, nthreads=n)]
     pool = _thread_pool(n - 1)
     futures = [pool.submit(fn, part=i, nparts=n, nthreads=1) for i in range(1, n)]
-    fn(part=0, nparts=n, nthreads=1)
-    for f in futures:
-        f.result()
+    first = fn(part=0, nparts=n, nthreads=1)
+    return [first, *(f.result() for f in futures)]
+
+
+def fused_forward_bf16(
+    lib: NativeLib,
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    wcols: torch.Tensor,
+    bias: torch.Tensor | None,
+    geo: Geom,
+    out: torch.Tensor,
+) -> bool:
+    """``out`` (B*Ho*Wo, Cout) bf16 rows = the deformable conv of bf16 NHWC ``x``, by the
+    fused native forward (``zsm_dcn_forward_bf16``); False (``out`` untouched) where it
+    cannot run: no AVX512-BF16 here, ``Cg % 8``, ``Cout % 16``, or offsets or mask not
+    NHWC. ``wcols`` (Cout, K) bf16 as :func:`~zsm.ops.dcn.geometry.weight_to_cols`."""
+    cout = wcols.shape[0]
+    ostrides, mstrides = position_strides(offset), position_strides(mask)
+    if ostrides is None or mstrides is None or ostrides[1] != 1 or mstrides[1] != 1:
+        return False
+    if geo.cg % 8 or cout % 16 or geo.h * geo.w * geo.c >= 2**31 or not lib.set_simd():
+        return False
+    xsb, _, xsp = image_strides(x, geo)
+    # W^T with each column pair's two bf16 adjacent: (K/2, Cout, 2)
+    wp = wcols.reshape(cout, geo.k // 2, 2).transpose(0, 1).contiguous()
+    b32 = bias.float().contiguous() if bias is not None else None  # alive until the call
+    fn = lib.forward_bf16.bind(
+        x=x, offset=offset, mask=mask, wp=wp, out=out, bias=b32,
+        H=geo.h, W=geo.w, C=geo.c, G=geo.g, kh=geo.kh, kw=geo.kw, pad=geo.pad,
+        Ho=geo.ho, Wo=geo.wo, Cout=cout, xsb=xsb, xsp=xsp,
+        osb=ostrides[0], osc=ostrides[1], osp=ostrides[2],
+        msb=mstrides[0], msc=mstrides[1], msp=mstrides[2], q0=0, q1=geo.b * geo.hwo,
+    )  # fmt: skip
+    return all(r == 1 for r in _run_parts(lib, fn))
 
 
 def supports(lib: NativeLib, x_dtype: torch.dtype, cols_dtype: torch.dtype) -> bool:

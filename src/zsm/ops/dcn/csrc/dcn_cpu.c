@@ -649,3 +649,60 @@ void zsm_dcn_backward_bf16(ZSM_DCN_BACKWARD_BF16_PARAMS) {
                   Wo, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc, gosp, gmsb, gmsc, gmsp,
                   q0, q1, part, nparts);
 }
+
+/* The fused bf16 forward (simd_forward) of output rows [q0, q1), q = b * Ho * Wo + p,
+   part `part` of `nparts` (each part a run of whole FUSED_ROWS blocks): out (bf16, NHWC
+   rows of Cout) = the deformable conv of bf16 x (NHWC) with NHWC float32 offsets and
+   mask, the weights packed as (K / 2, Cout, 2) bf16 (wp), plus bias (float32, may be
+   NULL).  1 if it ran; 0 (nothing written) where it cannot: no AVX512-BF16 here or
+   switched off (or the forward asked per tile), Cg % 8, Cout % 16, offsets or mask not
+   NHWC, or K so large that the block's columns would not fit the cache (nor the stack). */
+static int forward_part(const bf16 *x, const float *offset, const float *mask, const bf16 *wp,
+                        const float *bias, bf16 *out, i64 H, i64 W, i64 C, i64 G, i64 kh,
+                        i64 kw, i64 pad, i64 Ho, i64 Wo, i64 Cout, i64 xsb, i64 xsp, i64 osb,
+                        i64 osc, i64 osp, i64 msb, i64 msc, i64 msp, i64 q0, i64 q1, int part,
+                        int nparts) {
+#if ZSM_SIMD
+    const i64 Cg = C / G, HWo = Ho * Wo, K = G * kh * kw * Cg;
+    if (!simd_level() || !pairs_state || Cg % 8 || Cout % 16 || osc != 1 || msc != 1
+        || K > FUSED_MAX_K)
+        return 0;
+    const i64 nblocks = (q1 - q0 + FUSED_ROWS - 1) / FUSED_ROWS;
+    const i64 qa = q0 + nblocks * part / nparts * FUSED_ROWS;
+    i64 qb = q0 + nblocks * (part + 1) / nparts * FUSED_ROWS;
+    qb = qb < q1 ? qb : q1;
+    bf16 buf[FUSED_ROWS * K];
+    for (i64 q = qa; q < qb;) { /* the part's rows, image by image */
+        const i64 b = q / HWo, p0 = q - b * HWo;
+        const i64 n = (b + 1) * HWo < qb ? (b + 1) * HWo - q : qb - q;
+        simd_forward(p0, n, offset + b * osb + p0 * osp, osp, mask + b * msb + p0 * msp, msp,
+                     x + b * xsb, wp, bias, out + (q - q0) * Cout, buf, Cout, H, W, xsp, Cg, G,
+                     kh, kw, pad, Wo, Cg);
+        q += n;
+    }
+    return 1;
+#else
+    (void)x, (void)offset, (void)mask, (void)wp, (void)bias, (void)out, (void)H, (void)W;
+    (void)C, (void)G, (void)kh, (void)kw, (void)pad, (void)Ho, (void)Wo, (void)Cout;
+    (void)xsb, (void)xsp, (void)osb, (void)osc, (void)osp, (void)msb, (void)msc, (void)msp;
+    (void)q0, (void)q1, (void)part, (void)nparts;
+    return 0;
+#endif
+}
+
+/* nthreads > 1 (OpenMP builds): all nthreads parts in parallel; else part `part`. */
+int zsm_dcn_forward_bf16(ZSM_DCN_FORWARD_BF16_PARAMS) {
+#if defined(_OPENMP)
+    if (nthreads > 1) {
+        int ok = 1;
+#pragma omp parallel num_threads(nthreads) reduction(& : ok)
+        ok = forward_part(x, offset, mask, wp, bias, out, H, W, C, G, kh, kw, pad, Ho, Wo, Cout,
+                          xsb, xsp, osb, osc, osp, msb, msc, msp, q0, q1, omp_get_thread_num(),
+                          omp_get_num_threads());
+        return ok;
+    }
+#endif
+    (void)nthreads;
+    return forward_part(x, offset, mask, wp, bias, out, H, W, C, G, kh, kw, pad, Ho, Wo, Cout,
+                        xsb, xsp, osb, osc, osp, msb, msc, msp, q0, q1, part, nparts);
+}

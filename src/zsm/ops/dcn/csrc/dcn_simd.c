@@ -165,6 +165,9 @@ SIMD_TARGET static inline __m512 simd_tail(const float *end, i64 len, i64 avail)
    apart that the rows' scalar loads of the corners find their vector stores retired
    (store-to-load forwarding from a 64-byte store to a 4-byte load stalls). */
 #define PAIR_BATCH 2
+#ifndef PF_AHEAD
+#define PF_AHEAD 4
+#endif
 
 /* The bf16 columns of n output positions from p0 on (image-relative), for offsets and
    mask whose channels are adjacent (NHWC: op[2 * ch] = dy, op[2 * ch + 1] = dx and mp[ch]
@@ -199,6 +202,12 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
             const __m512 by = _mm512_set1_ps((float)(h - pad));
             const __m512 bx = _mm512_set1_ps((float)(x - pad));
             const float *op = ob + (q0 + q) * osp, *mp = mb + (q0 + q) * msp;
+            if (q0 + q + PF_AHEAD < n) { /* the offsets and mask of a position ahead */
+                const char *po = (const char *)(op + PF_AHEAD * osp);
+                const char *pm = (const char *)(mp + PF_AHEAD * msp);
+                for (i64 l = 0; l < 2 * GKK * 4; l += 64) _mm_prefetch(po + l, _MM_HINT_T0);
+                for (i64 l = 0; l < GKK * 4; l += 64) _mm_prefetch(pm + l, _MM_HINT_T0);
+            }
             for (i64 c0 = 0; c0 < GKK; c0 += 16) {
                 const i64 nb = GKK - c0 < 16 ? GKK - c0 : 16, n2 = 2 * nb;
                 /* The last block's tails end where the position's channels end. */
@@ -242,6 +251,96 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
                 for (i64 j = 0; j < GKK; ++j, dst += Cg)
                     SIMD_ROW(SIMD_LD_F32, (const float *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
                              w1[j], w2[j], w3[j], dst, Cg);
+        }
+    }
+}
+
+/* Positions whose columns the fused forward samples at a time (simd_forward): a
+   buffer of FUSED_ROWS * K bf16 that stays in L1 for the compact preset (K 288:
+   14 KB) and in L2 for the official one (K 576: 28 KB), multiplied while there. */
+#define FUSED_ROWS 24
+#define FUSED_MAX_K 8192 /* columns per row: 384 KB a block */
+
+/* out rows (np <= NP of them, Cout apart) [o0, o0 + 16 NB) = the bf16 columns rows (K
+   apart) @ the packed weights + bias, with vdpbf16ps: wp holds W^T as (K / 2, Cout, 2),
+   the two bf16 of a column pair next to each other, so one 32-bit broadcast of a row's
+   pair times one load of 16 outputs' pairs is 32 multiply-adds.  One function per
+   (NP, NB), the sizes literal, so that the NP x NB accumulators (24 of the 32 registers)
+   stay in registers (with the sizes as inlined arguments gcc kept them in memory). */
+#define SIMD_GEMM_BLOCK(NP, NB) \
+    SIMD_TARGET static void simd_gemm_##NP##x##NB(const bf16 *restrict cols, i64 K, \
+                                                  const bf16 *restrict wp, i64 Cout, \
+                                                  const float *restrict bias, \
+                                                  bf16 *restrict out, i64 np) { \
+        __m512 acc[NP][NB]; \
+        _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) { \
+            const __m512 b = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps(); \
+            _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) acc[p][j] = b; \
+        } \
+        const i32 *c32 = (const i32 *)cols; \
+        const i64 K2 = K / 2; \
+        for (i64 k = 0; k < K2; ++k, wp += 2 * Cout) { \
+            __m512bh w[NB]; \
+            _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
+                w[j] = (__m512bh)_mm512_loadu_si512(wp + 32 * j); \
+            _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) { \
+                const __m512bh a = (__m512bh)_mm512_set1_epi32(c32[p * K2 + k]); \
+                _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
+                    acc[p][j] = _mm512_dpbf16_ps(acc[p][j], a, w[j]); \
+            } \
+        } \
+        _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) { \
+            if (p >= np) break; \
+            _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
+                _mm256_storeu_si256((__m256i *)(out + p * Cout + 16 * j), \
+                                    (__m256i)_mm512_cvtneps_pbh(acc[p][j])); \
+        } \
+    }
+SIMD_GEMM_BLOCK(6, 4)
+SIMD_GEMM_BLOCK(8, 3)
+SIMD_GEMM_BLOCK(12, 2)
+SIMD_GEMM_BLOCK(24, 1)
+
+/* The rows' outputs [o0, o0 + 16 nb), nb = 1 .. 4 blocks of 16: 24 accumulators each. */
+SIMD_TARGET static void simd_gemm_rows(const bf16 *restrict cols, i64 K, const bf16 *restrict wp,
+                                       i64 Cout, const float *restrict bias, bf16 *restrict out,
+                                       i64 n, i64 nb) {
+    const i64 NP = nb == 4 ? 6 : nb == 3 ? 8 : nb == 2 ? 12 : 24;
+    for (i64 r = 0; r < n; r += NP) {
+        const i64 np = n - r < NP ? n - r : NP;
+        const bf16 *c = cols + r * K;
+        bf16 *o = out + r * Cout;
+        switch (nb) {
+        case 4: simd_gemm_6x4(c, K, wp, Cout, bias, o, np); break;
+        case 3: simd_gemm_8x3(c, K, wp, Cout, bias, o, np); break;
+        case 2: simd_gemm_12x2(c, K, wp, Cout, bias, o, np); break;
+        default: simd_gemm_24x1(c, K, wp, Cout, bias, o, np); break;
+        }
+    }
+}
+
+/* The deformable conv's output rows (NHWC, bf16, Cout apart) of n positions from p0 on:
+   simd_pairs' columns of FUSED_ROWS positions at a time into buf (FUSED_ROWS * K bf16,
+   rows past a block's end are read and not stored), each block multiplied at once by
+   the packed weights (see simd_gemm_block; Cout % 16 == 0), 64 outputs at a time.  The
+   columns never leave the cache, unlike im2col's chunks + a GEMM. */
+SIMD_TARGET static void simd_forward(i64 p0, i64 n, const float *restrict ob, i64 osp,
+                                     const float *restrict mb, i64 msp, const bf16 *restrict xb,
+                                     const bf16 *restrict wp, const float *restrict bias,
+                                     bf16 *restrict out, bf16 *restrict buf, i64 Cout, i64 H,
+                                     i64 W, i64 xsp, i64 xsg, i64 G, i64 kh, i64 kw, i64 pad,
+                                     i64 Wo, i64 Cg) {
+    const i64 K = G * kh * kw * Cg;
+    for (i64 q = 0; q < n; q += FUSED_ROWS) {
+        const i64 m = n - q < FUSED_ROWS ? n - q : FUSED_ROWS;
+        simd_pairs(p0 + q, m, ob + q * osp, osp, mb + q * msp, msp, xb, 1, buf, H, W, xsp, xsg,
+                   G, kh, kw, pad, Wo, Cg);
+        if (m < FUSED_ROWS) /* rows multiplied but not stored: finite, whatever was there */
+            memset(buf + m * K, 0, sizeof(bf16) * (size_t)((FUSED_ROWS - m) * K));
+        for (i64 o0 = 0; o0 < Cout; o0 += 64) {
+            const i64 nb = Cout - o0 >= 64 ? 4 : (Cout - o0) / 16;
+            simd_gemm_rows(buf, K, wp + 2 * o0, Cout, bias ? bias + o0 : NULL,
+                           out + q * Cout + o0, m, nb);
         }
     }
 }
