@@ -7,9 +7,11 @@
 ``tile``: the AVX-512 loops with the forward vectorised over a tile's positions
 (``set_simd(True, pairs=False)``) and the fused bf16 NHWC backward pass;
 ``pairs``: the same with the forward vectorised over each position's (group,
-kernel point) pairs, im2col chunks then a GEMM; ``fused``: the fused forward (the
-columns of 24 positions sampled, then multiplied by vdpbf16ps while in cache:
-``function.FUSED_BF16_FORWARD``); ``dense``: the bf16 dense 3x3 conv of the same shape.
+kernel point) pairs, im2col chunks then a GEMM, and the backward's GEMMs through
+torch.mm; ``fused``: the fused forward (the columns of 24 positions sampled, then
+multiplied by vdpbf16ps while in cache: ``function.FUSED_BF16_FORWARD``) and the
+backward's GEMMs made by the kernel tile by tile (``FUSED_BF16_BACKWARD_GEMMS``);
+``dense``: the bf16 dense 3x3 conv of the same shape.
 NHWC, bf16 autocast, one thread, the process's CPU time, best of the rounds
 (two runs each per round); backward = forward+backward minus forward.
 """
@@ -66,6 +68,7 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
             lib.set_simd(impl != "old", pairs=impl != "tile")
             function.FUSED_BF16_BACKWARD = impl != "old"
             function.FUSED_BF16_FORWARD = impl == "fused"
+            function.FUSED_BF16_BACKWARD_GEMMS = impl == "fused"
             for _ in range(2):
                 t0 = time.process_time()
                 with torch.no_grad():
@@ -83,6 +86,7 @@ def bench(name: str, shape: tuple[int, ...], rounds: int, lib: NativeLib) -> Non
                     both_t[impl] = min(both_t[impl], t2 - t1)
     lib.set_simd(True)
     function.FUSED_BF16_BACKWARD = function.FUSED_BF16_FORWARD = True
+    function.FUSED_BF16_BACKWARD_GEMMS = True
     print(f"{name}: (B, C, H, W) = ({b}, {c}, {h}, {w}), {groups} offset groups")
     dense_bwd = both_t["dense"] - fwd["dense"]
     for impl in runs:

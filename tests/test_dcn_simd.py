@@ -18,6 +18,7 @@ import torch
 from zsm.ops.dcn import function, native_available
 from zsm.ops.dcn.function import deform_conv2d_cpu
 from zsm.ops.dcn.native import NativeLib, load_native
+from zsm.ops.dcn.native_sampler import NativeSampler
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),
@@ -132,8 +133,10 @@ def test_fp32_matches_the_pure_path(shape: tuple[int, ...], nhwc: bool, simd: bo
         assert _rel(a, b) < 1e-5, i
 
 
-def test_simd_and_portable_loops_agree_at_the_edges() -> None:
-    """Positions at -1, 0, H-1, H, outside, NaN and infinite: the same columns either way."""
+def test_simd_and_portable_loops_agree_at_the_edges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Positions at -1, 0, H-1, H, outside, NaN and infinite: the same columns either way
+    (the backward's GEMMs through torch.mm both ways: the loops are under test)."""
+    monkeypatch.setattr(function, "FUSED_BF16_BACKWARD_GEMMS", False)
     lib = _lib()
     leaves = _case((1, 16, 2, 5, 6), nhwc=True, seed=3)
     offset = leaves[1]
@@ -318,3 +321,47 @@ def test_the_fused_forward_declines_what_it_cannot_run(
         lib.set_simd(True)
     assert ran == [False]
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cout", [12, 64, 2, 13])
+@pytest.mark.parametrize(
+    "shape", [SHAPES[0], SHAPES[1], (1, 64, 8, 6, 7)], ids=lambda s: "x".join(map(str, s))
+)
+def test_the_backward_gemms_made_tile_by_tile_match_torch_mm(
+    shape: tuple[int, ...], cout: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grad_col and grad_W made by the kernel tile by tile (vdpbf16ps, grad_W summed in
+    float32) against chunks through torch.mm (grad_W rounded to bf16 per chunk): the
+    input, offset and mask gradients alike, grad_W at least as close to float32 GEMMs'.
+    An odd Cout declines and torch.mm does it all."""
+    if _lib().set_simd(True) == 0:
+        pytest.skip("no AVX-512 BF16 on this CPU")
+    leaves = _case(shape, nhwc=True, seed=7)
+    g = torch.Generator().manual_seed(8)
+    leaves[0] = leaves[0].bfloat16()
+    leaves[3] = 0.1 * torch.randn(cout, shape[1], 3, 3, generator=g)
+    leaves[4] = torch.randn(cout, generator=g)
+    grad = torch.randn(shape[0], cout, shape[3], shape[4], generator=g)
+    ran: list[bool] = []
+    fused_call = NativeSampler.backward_bf16_fused
+
+    def recorded(self: NativeSampler, *args: Any) -> bool:
+        ran.append(fused_call(self, *args))
+        return ran[-1]
+
+    monkeypatch.setattr(NativeSampler, "backward_bf16_fused", recorded)
+    fused = _run(leaves, True, torch.bfloat16, grad)
+    assert ran == [cout % 2 == 0]
+    monkeypatch.setattr(function, "FUSED_BF16_BACKWARD_GEMMS", False)
+    chunked = _run(leaves, True, torch.bfloat16, grad)
+    assert len(ran) == 1
+    exact = [leaves[0].float(), *leaves[1:]]  # float32 GEMMs of the same bf16 input
+    ref = _run(exact, True, None, grad)
+    torch.testing.assert_close(fused[0], chunked[0], rtol=0, atol=0)  # the same forward
+    for i in (1, 2, 3, 5):  # x, offset, mask, bias
+        assert _rel(fused[i], chunked[i]) < 1e-3, i
+    if cout % 2:
+        torch.testing.assert_close(fused[4], chunked[4], rtol=0, atol=0)
+    else:
+        assert _rel(fused[4], ref[4]) <= _rel(chunked[4], ref[4]) + 1e-4
+        assert _rel(fused[4], ref[4]) < 1e-2

@@ -74,6 +74,9 @@ F32_IN_OR_NULL = CType("const float *", ctypes.c_void_p, pointer=True, nullable=
 F32_OUT = CType("float *", ctypes.c_void_p, pointer=True)
 F32_OUT_OR_NULL = CType("float *", ctypes.c_void_p, pointer=True, nullable=True)
 BF16_IN = CType("const uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
+BF16_IN_OR_NULL = CType(
+    "const uint16_t *", ctypes.c_void_p, pointer=True, nullable=True, dtype=torch.bfloat16
+)
 BF16_OUT = CType("uint16_t *", ctypes.c_void_p, pointer=True, dtype=torch.bfloat16)
 BF16_OUT_OR_NULL = CType(
     "uint16_t *", ctypes.c_void_p, pointer=True, nullable=True, dtype=torch.bfloat16
@@ -171,19 +174,25 @@ SIGNATURES = (
         ),
         INT,
     ),
+    # Fused (gout given): grad_col = gout @ W (wq: packed (Cout/2, K, 2)) and gw (float32
+    # (Cout, K)) += gout^T @ columns, tile by tile, instead of gcols and cols. 1 if it
+    # ran, 0 where the fused form cannot (see the C file).
     Signature(
         "zsm_dcn_backward_bf16",
         (
             ("x", BF16_IN),
             *_each("offset mask", F32_IN),
-            ("gcols", BF16_IN),
+            ("gcols", BF16_IN_OR_NULL),
             ("cols", BF16_OUT_OR_NULL),
             *_each("gx goff gmask", F32_OUT_OR_NULL),
-            *_each(_DIMS, I64),
+            *_each("gout wq", BF16_IN_OR_NULL),
+            ("gw", F32_OUT_OR_NULL),
+            *_each(_DIMS + " Cout", I64),
             *_each("xsb xsp osb osc osp msb msc msp", I64),
             *_each("gosb gosc gosp gmsb gmsc gmsp q0 q1", I64),
             *_each("part nparts nthreads", INT),
         ),
+        INT,
     ),
 )
 

@@ -23,6 +23,9 @@ CHUNK_BYTES = 1 << 20
 # than 1 MB and 4 MB for the whole deformable conv (compact and official shapes).
 CHUNK_BYTES_NHWC = 2 << 20
 CHUNK_BYTES_THREADED = 64 << 20
+# bf16 the kernel's small GEMMs may read past a packed weight's last pair row
+# (GEMM_W_PAD in csrc/dcn_simd.c)
+_GEMM_W_PAD = 128
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -202,13 +205,50 @@ class NativeSampler:
         NHWC (flat positions), written for the chunk's positions. Any of the last four may be None.
         """
         ch = self.chunks[i]
+        fn = self._backward_call(gx, goff, gmask, q0=ch.qa, q1=ch.qb)
+        _run_parts(self.lib, fn.bind(gcols=gcols, cols=cols, gout=None, wq=None, gw=None, Cout=0))
+
+    def backward_bf16_fused(
+        self,
+        gout: torch.Tensor,
+        wcols: torch.Tensor,
+        gx: torch.Tensor | None,
+        goff: torch.Tensor | None,
+        gmask: torch.Tensor | None,
+        gw: torch.Tensor | None,
+    ) -> bool:
+        """The whole bf16 NHWC backward pass with its GEMMs inside, tile by tile: each
+        tile's grad_col rows (``gout`` (B*Ho*Wo, Cout) bf16 @ ``wcols`` (Cout, K) bf16) and
+        ``gw`` (float32 (Cout, K)) += its grad_out rows^T @ its columns, made while in
+        cache; ``gx``, ``goff``, ``gmask`` as :meth:`backward_bf16`. False (nothing
+        written) where it cannot run: no AVX512-BF16, odd Cout, or more threads than
+        offset groups."""
+        cout = wcols.shape[0]
+        if cout % 2:
+            return False
+        # W with each pair of output channels' two bf16 adjacent: (Cout/2, K, 2), and
+        # the kernel's reads past the last pair row (GEMM_W_PAD) in bounds
+        wq = wcols.reshape(cout // 2, 2, self.geo.k).transpose(1, 2).reshape(-1)
+        wq = torch.cat((wq, wq.new_zeros(_GEMM_W_PAD)))
+        fn = self._backward_call(gx, goff, gmask, q0=0, q1=self.geo.b * self.geo.hwo)
+        gout = gout.contiguous()  # rows of Cout (a reshaped NCHW gradient may be a view)
+        fn = fn.bind(gcols=None, cols=None, gout=gout, wq=wq, gw=gw, Cout=cout)
+        return all(r == 1 for r in _run_parts(self.lib, fn))
+
+    def _backward_call(
+        self,
+        gx: torch.Tensor | None,
+        goff: torch.Tensor | None,
+        gmask: torch.Tensor | None,
+        q0: int,
+        q1: int,
+    ) -> Kernel:
         gos = position_strides(goff) if goff is not None else (0, 0, 0)
         gms = position_strides(gmask) if gmask is not None else (0, 0, 0)
         assert gos is not None and gms is not None
         if self._backward is None:
             self._backward = self.lib.backward_bf16.bind(**self._backward_args)
-        fn = self._backward.bind(
-            gcols=gcols, cols=cols, gx=gx, goff=goff, gmask=gmask, q0=ch.qa, q1=ch.qb,
+        return self._backward.bind(
+            gx=gx, goff=goff, gmask=gmask, q0=q0, q1=q1,
             gosb=gos[0], gosc=gos[1], gosp=gos[2], gmsb=gms[0], gmsc=gms[1], gmsp=gms[2],
         )  # fmt: skip
-        _run_parts(self.lib, fn)

@@ -561,22 +561,52 @@ static void backward_tile(Tile *restrict t, i64 n, const bf16 *xg, const bf16 *g
     }
 }
 
+/* Whether the fused backward (grad_col and grad_W made tile by tile, see backward_part)
+   runs here: AVX512-BF16, Cg % 8 == 0, Cout even, and parts that split the groups. */
+static int fused_backward_ok(i64 G, i64 Cg, i64 Cout, int nparts) {
+    return ZSM_SIMD && simd_level() && Cg % 8 == 0 && Cout % 2 == 0 && (nparts == 1 || G >= nparts);
+}
+
 /* The backward pass of bf16 NHWC input, rows [q0, q1), part `part` of `nparts` (as
    col2im_part splits them), in one pass over the corners: the columns again (cols,
    bf16, for grad_W; may be NULL), gx (float32 (B, H, W, C), accumulated; may be NULL)
    from the bf16 grad_col rows gcols, and the offset and mask gradients (float32,
-   contiguous NCHW; may be NULL).  x, offset, mask and the rows as in im2col. */
-static void backward_part(const bf16 *x, const float *offset, const float *mask,
-                          const bf16 *gcols, bf16 *cols, float *gx, float *goff, float *gmask,
-                          i64 H, i64 W, i64 C, i64 G, i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo,
-                          i64 xsb, i64 xsp, i64 osb, i64 osc, i64 osp, i64 msb, i64 msc,
-                          i64 msp, i64 gosb, i64 gosc, i64 gosp, i64 gmsb, i64 gmsc, i64 gmsp,
-                          i64 q0, i64 q1, int part, int nparts) {
+   contiguous NCHW; may be NULL).  x, offset, mask and the rows as in im2col.  Fused
+   (gout given: grad_out's bf16 NHWC rows of Cout; wq: W packed (Cout / 2, K, 2) bf16,
+   GEMM_W_PAD readable past its end; gw: float32 (Cout, K), accumulated, may be NULL):
+   each tile's grad_col rows are gout's @ W and its columns are multiplied into gw
+   while in cache (simd_tile_gcols, simd_tile_gw); gcols and cols are then not used.
+   0 where that cannot run (fused_backward_ok), else 1. */
+static int backward_part(const bf16 *x, const float *offset, const float *mask,
+                         const bf16 *gcols, bf16 *cols, float *gx, float *goff, float *gmask,
+                         const bf16 *gout, const bf16 *wq, float *gw, i64 H, i64 W, i64 C, i64 G,
+                         i64 kh, i64 kw, i64 pad, i64 Ho, i64 Wo, i64 Cout, i64 xsb, i64 xsp,
+                         i64 osb, i64 osc, i64 osp, i64 msb, i64 msc, i64 msp, i64 gosb, i64 gosc,
+                         i64 gosp, i64 gmsb, i64 gmsc, i64 gmsp, i64 q0, i64 q1, int part,
+                         int nparts) {
     const i64 Cg = C / G, KK = kh * kw, HWo = Ho * Wo, K = G * KK * Cg;
     const int need_s = goff != 0 || gmask != 0, simd = simd_level();
     const i64 bfirst = q0 / HWo, bend = (q1 - 1) / HWo + 1;
     i64 glo, ghi, blo, bhi;
     split_parts(G, bfirst, bend, part, nparts, &glo, &ghi, &blo, &bhi);
+    /* fused: grad_col and grad_W made here, tile by tile (gout, wq given; gcols, cols
+       unused); each part owns its groups' columns of gw, so the parts must split groups */
+    const int fused = gout != 0;
+    if (fused && !fused_backward_ok(G, Cg, Cout, nparts)) return 0;
+#if ZSM_SIMD
+    FusedBwd fb = {0};
+    if (fused) {
+        fb.go = calloc((size_t)(GEMM_ROWS(TILE) * Cout), sizeof(bf16));
+        fb.gc = malloc(sizeof(bf16) * (size_t)(TILE * K));
+        fb.c = malloc(sizeof(bf16) * (size_t)(TILE * K));
+        fb.ci = malloc(sizeof(bf16) * (size_t)(TILE * K + TILE + GEMM_W_PAD));
+        fb.goi = malloc(sizeof(bf16) * (size_t)((TILE + 2) * Cout + 2 * GEMM_ROWS(Cout)));
+        if (!fb.go || !fb.gc || !fb.c || !fb.ci || !fb.goi) abort();
+    }
+#else
+    if (fused) return 0;
+    (void)wq, (void)gw, (void)Cout;
+#endif
     Tile tl;
     float obuf[2 * G * KK * TILE], mbuf[G * KK * TILE];
     /* The gradients of SUPER positions, written out together: long rows for NCHW (one
@@ -597,16 +627,26 @@ static void backward_part(const bf16 *x, const float *offset, const float *mask,
                 tile_gather(obuf, offset + b * osb + p0 * osp, n, 2 * G * KK, osp, osc);
                 tile_gather(mbuf, mask + b * msb + p0 * msp, n, G * KK, msp, msc);
                 tile_base(&tl, p0, n, Wo, pad);
-                const i64 row = (b * HWo + p0 - q0) * K; /* the tile's first row element */
+                /* the tile's grad_col and column rows, K apart */
+                const bf16 *gt = fused ? 0 : gcols + (b * HWo + p0 - q0) * K;
+                bf16 *ct = fused || !cols ? 0 : cols + (b * HWo + p0 - q0) * K;
+#if ZSM_SIMD
+                if (fused) {
+                    simd_tile_gcols(&fb, gout + (b * HWo + p0) * Cout, n, Cout, wq, K,
+                                    glo * KK * Cg, ghi * KK * Cg);
+                    gt = fb.gc;
+                    ct = gw ? fb.c : 0;
+                }
+#endif
                 for (i64 g = glo; g < ghi; ++g) {
                     const bf16 *xg = x + b * xsb + g * Cg;
                     float *gxg = gx ? gx + b * H * W * C + g * Cg : 0;
                     for (i64 k = 0; k < KK; ++k) {
-                        const i64 ch = g * KK + k, at = row + ch * Cg;
+                        const i64 ch = g * KK + k, at = ch * Cg;
                         const float *mk = mbuf + ch * TILE;
                         corners(&tl, n, obuf + 2 * ch * TILE, obuf + (2 * ch + 1) * TILE, mk,
                                 (float)(k / kw), (float)(k % kw), H, W, xsp, 1, simd);
-                        backward_tile(&tl, n, xg, gcols + at, cols ? cols + at : 0, gxg, K, Cg,
+                        backward_tile(&tl, n, xg, gt + at, ct ? ct + at : 0, gxg, K, Cg,
                                       need_s, simd);
                         if (!need_s) continue;
                         float *gy = scratch, *gxo = scratch + TILE, *gm = gms;
@@ -618,6 +658,9 @@ static void backward_part(const bf16 *x, const float *offset, const float *mask,
                         tile_offset_grads(&tl, n, mk, gy, gxo, gm);
                     }
                 }
+#if ZSM_SIMD
+                if (fused && gw) simd_tile_gw(&fb, n, Cout, K, glo * KK * Cg, ghi * KK * Cg, gw);
+#endif
             }
             /* the part's channels of the block's gradients, in their tensors' layout */
             const i64 c0 = glo * KK, nc = (ghi - glo) * KK, ns = s1 - s0;
@@ -631,23 +674,30 @@ static void backward_part(const bf16 *x, const float *offset, const float *mask,
     }
     free(gobuf);
     free(gmbuf);
+#if ZSM_SIMD
+    free(fb.go), free(fb.gc), free(fb.c), free(fb.ci), free(fb.goi);
+#endif
+    return 1;
 }
 
-/* nthreads > 1 (OpenMP builds): all nthreads parts in parallel; else part `part`. */
-void zsm_dcn_backward_bf16(ZSM_DCN_BACKWARD_BF16_PARAMS) {
+/* nthreads > 1 (OpenMP builds): all nthreads parts in parallel; else part `part`.  1 if
+   it ran; 0 (nothing written) where the fused form (gout given) cannot run. */
+int zsm_dcn_backward_bf16(ZSM_DCN_BACKWARD_BF16_PARAMS) {
+    if (gout && !fused_backward_ok(G, C / G, Cout, nthreads > 1 ? nthreads : nparts)) return 0;
 #if defined(_OPENMP)
     if (nthreads > 1) {
 #pragma omp parallel num_threads(nthreads)
-        backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, H, W, C, G, kh, kw, pad,
-                      Ho, Wo, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc, gosp, gmsb,
-                      gmsc, gmsp, q0, q1, omp_get_thread_num(), omp_get_num_threads());
-        return;
+        backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, gout, wq, gw, H, W, C, G, kh,
+                      kw, pad, Ho, Wo, Cout, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc,
+                      gosp, gmsb, gmsc, gmsp, q0, q1, omp_get_thread_num(),
+                      omp_get_num_threads());
+        return 1;
     }
 #endif
     (void)nthreads;
-    backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, H, W, C, G, kh, kw, pad, Ho,
-                  Wo, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb, gosc, gosp, gmsb, gmsc, gmsp,
-                  q0, q1, part, nparts);
+    return backward_part(x, offset, mask, gcols, cols, gx, goff, gmask, gout, wq, gw, H, W, C, G,
+                         kh, kw, pad, Ho, Wo, Cout, xsb, xsp, osb, osc, osp, msb, msc, msp, gosb,
+                         gosc, gosp, gmsb, gmsc, gmsp, q0, q1, part, nparts);
 }
 
 /* The fused bf16 forward (simd_forward) of output rows [q0, q1), q = b * Ho * Wo + p,

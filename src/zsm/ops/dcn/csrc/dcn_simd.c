@@ -261,60 +261,95 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
 #define FUSED_ROWS 24
 #define FUSED_MAX_K 8192 /* columns per row: 384 KB a block */
 
-/* out rows (np <= NP of them, Cout apart) [o0, o0 + 16 NB) = the bf16 columns rows (K
-   apart) @ the packed weights + bias, with vdpbf16ps: wp holds W^T as (K / 2, Cout, 2),
-   the two bf16 of a column pair next to each other, so one 32-bit broadcast of a row's
-   pair times one load of 16 outputs' pairs is 32 multiply-adds.  One function per
-   (NP, NB), the sizes literal, so that the NP x NB accumulators (24 of the 32 registers)
-   stay in registers (with the sizes as inlined arguments gcc kept them in memory). */
-#define SIMD_GEMM_BLOCK(NP, NB) \
-    SIMD_TARGET static void simd_gemm_##NP##x##NB(const bf16 *restrict cols, i64 K, \
-                                                  const bf16 *restrict wp, i64 Cout, \
-                                                  const float *restrict bias, \
-                                                  bf16 *restrict out, i64 np) { \
+/* Small GEMMs with vdpbf16ps, the reduction in pairs: row r of A holds its pair k at
+   a[r * lda + k * ska] (two bf16 in one 32-bit word), and pair row k of W holds output o's
+   two bf16 at w[k * ldw + 2 o] and the next, so one 32-bit broadcast of A's pair times
+   one 64-byte load of W (16 outputs' pairs) is 32 multiply-adds.  A block of NP rows
+   x 16 NB outputs (nout of them valid, np rows stored): ACC 0 stores acc + bias
+   (float32, may be NULL) as bf16 rows (ldo apart), ACC 1 adds acc to float32 rows.
+   One function per (ACC, NP, NB), the sizes literal, so that the NP x NB
+   accumulators (24 of the 32 registers) stay in registers (with the sizes as inlined
+   arguments gcc kept them in memory).  Rows past np and outputs past nout are
+   computed from whatever A and W hold there (in bounds: the callers pad both). */
+#define SIMD_GEMM_BLOCK(ACC, NP, NB) \
+    SIMD_TARGET static void simd_gemm_##ACC##_##NP##x##NB( \
+        const i32 *restrict a, i64 lda, i64 ska, const bf16 *restrict w, i64 ldw, \
+        i64 npairs, const float *restrict bias, void *restrict out, i64 ldo, i64 np, \
+        i64 nout) { \
         __m512 acc[NP][NB]; \
+        __mmask16 m[NB]; \
         _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) { \
-            const __m512 b = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps(); \
+            const i64 r = nout - 16 * j; \
+            m[j] = r >= 16 ? (__mmask16)0xFFFF : r > 0 ? (__mmask16)((1u << r) - 1u) : 0; \
+            const __m512 b = \
+                !ACC && bias ? _mm512_maskz_loadu_ps(m[j], bias + 16 * j) : _mm512_setzero_ps(); \
             _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) acc[p][j] = b; \
         } \
-        const i32 *c32 = (const i32 *)cols; \
-        const i64 K2 = K / 2; \
-        for (i64 k = 0; k < K2; ++k, wp += 2 * Cout) { \
-            __m512bh w[NB]; \
+        for (i64 k = 0; k < npairs; ++k, w += ldw) { \
+            __m512bh wv[NB]; \
             _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
-                w[j] = (__m512bh)_mm512_loadu_si512(wp + 32 * j); \
+                wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j); \
             _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) { \
-                const __m512bh a = (__m512bh)_mm512_set1_epi32(c32[p * K2 + k]); \
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(a[p * lda + k * ska]); \
                 _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
-                    acc[p][j] = _mm512_dpbf16_ps(acc[p][j], a, w[j]); \
+                    acc[p][j] = _mm512_dpbf16_ps(acc[p][j], av, wv[j]); \
             } \
         } \
         _Pragma("GCC unroll 24") for (int p = 0; p < NP; ++p) { \
             if (p >= np) break; \
-            _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) \
-                _mm256_storeu_si256((__m256i *)(out + p * Cout + 16 * j), \
-                                    (__m256i)_mm512_cvtneps_pbh(acc[p][j])); \
+            _Pragma("GCC unroll 8") for (int j = 0; j < NB; ++j) { \
+                if (ACC) { \
+                    float *o = (float *)out + p * ldo + 16 * j; \
+                    _mm512_mask_storeu_ps( \
+                        o, m[j], _mm512_add_ps(acc[p][j], _mm512_maskz_loadu_ps(m[j], o))); \
+                } else { \
+                    _mm256_mask_storeu_epi16((bf16 *)out + p * ldo + 16 * j, m[j], \
+                                             (__m256i)_mm512_cvtneps_pbh(acc[p][j])); \
+                } \
+            } \
         } \
     }
-SIMD_GEMM_BLOCK(6, 4)
-SIMD_GEMM_BLOCK(8, 3)
-SIMD_GEMM_BLOCK(12, 2)
-SIMD_GEMM_BLOCK(24, 1)
+SIMD_GEMM_BLOCK(0, 6, 4)
+SIMD_GEMM_BLOCK(0, 8, 3)
+SIMD_GEMM_BLOCK(0, 12, 2)
+SIMD_GEMM_BLOCK(0, 24, 1)
+SIMD_GEMM_BLOCK(1, 6, 4)
+SIMD_GEMM_BLOCK(1, 8, 3)
+SIMD_GEMM_BLOCK(1, 12, 2)
+SIMD_GEMM_BLOCK(1, 24, 1)
 
-/* The rows' outputs [o0, o0 + 16 nb), nb = 1 .. 4 blocks of 16: 24 accumulators each. */
-SIMD_TARGET static void simd_gemm_rows(const bf16 *restrict cols, i64 K, const bf16 *restrict wp,
-                                       i64 Cout, const float *restrict bias, bf16 *restrict out,
-                                       i64 n, i64 nb) {
-    const i64 NP = nb == 4 ? 6 : nb == 3 ? 8 : nb == 2 ? 12 : 24;
-    for (i64 r = 0; r < n; r += NP) {
-        const i64 np = n - r < NP ? n - r : NP;
-        const bf16 *c = cols + r * K;
-        bf16 *o = out + r * Cout;
-        switch (nb) {
-        case 4: simd_gemm_6x4(c, K, wp, Cout, bias, o, np); break;
-        case 3: simd_gemm_8x3(c, K, wp, Cout, bias, o, np); break;
-        case 2: simd_gemm_12x2(c, K, wp, Cout, bias, o, np); break;
-        default: simd_gemm_24x1(c, K, wp, Cout, bias, o, np); break;
+/* Rows that simd_gemm reads past n: a multiple of every NP above. */
+#define GEMM_ROWS(n) (((n) + 23) / 24 * 24)
+/* bf16 that simd_gemm reads past the last output of W's last pair row. */
+#define GEMM_W_PAD 128
+
+/* The n rows x nout outputs of A @ W (see SIMD_GEMM_BLOCK; acc: add to float32 out,
+   else store bf16 out + bias), 64 outputs at a time; A readable for GEMM_ROWS(n)
+   rows, W for GEMM_W_PAD bf16 past its last output. */
+SIMD_TARGET static void simd_gemm(int acc, const i32 *restrict a, i64 lda, i64 ska,
+                                  const bf16 *restrict w, i64 ldw, i64 npairs,
+                                  const float *restrict bias, void *restrict out, i64 ldo, i64 n,
+                                  i64 nout) {
+    const i64 osize = acc ? 4 : 2;
+    for (i64 o0 = 0; o0 < nout; o0 += 64) {
+        const i64 no = nout - o0 < 64 ? nout - o0 : 64, nb = (no + 15) / 16;
+        const i64 NP = nb == 4 ? 6 : nb == 3 ? 8 : nb == 2 ? 12 : 24;
+        const bf16 *wb = w + 2 * o0;
+        const float *bb = bias ? bias + o0 : NULL;
+        for (i64 r = 0; r < n; r += NP) {
+            const i64 np = n - r < NP ? n - r : NP;
+            const i32 *ar = a + r * lda;
+            void *ob = (char *)out + (r * ldo + o0) * osize;
+#define SIMD_GEMM_CALL(NP_, NB_) \
+    (acc ? simd_gemm_1_##NP_##x##NB_(ar, lda, ska, wb, ldw, npairs, bb, ob, ldo, np, no) \
+         : simd_gemm_0_##NP_##x##NB_(ar, lda, ska, wb, ldw, npairs, bb, ob, ldo, np, no))
+            switch (nb) {
+            case 4: SIMD_GEMM_CALL(6, 4); break;
+            case 3: SIMD_GEMM_CALL(8, 3); break;
+            case 2: SIMD_GEMM_CALL(12, 2); break;
+            default: SIMD_GEMM_CALL(24, 1); break;
+            }
+#undef SIMD_GEMM_CALL
         }
     }
 }
@@ -322,7 +357,7 @@ SIMD_TARGET static void simd_gemm_rows(const bf16 *restrict cols, i64 K, const b
 /* The deformable conv's output rows (NHWC, bf16, Cout apart) of n positions from p0 on:
    simd_pairs' columns of FUSED_ROWS positions at a time into buf (FUSED_ROWS * K bf16,
    rows past a block's end are read and not stored), each block multiplied at once by
-   the packed weights (see simd_gemm_block; Cout % 16 == 0), 64 outputs at a time.  The
+   the packed weights (see SIMD_GEMM_BLOCK; Cout % 16 == 0), 64 outputs at a time.  The
    columns never leave the cache, unlike im2col's chunks + a GEMM. */
 SIMD_TARGET static void simd_forward(i64 p0, i64 n, const float *restrict ob, i64 osp,
                                      const float *restrict mb, i64 msp, const bf16 *restrict xb,
@@ -337,12 +372,69 @@ SIMD_TARGET static void simd_forward(i64 p0, i64 n, const float *restrict ob, i6
                    G, kh, kw, pad, Wo, Cg);
         if (m < FUSED_ROWS) /* rows multiplied but not stored: finite, whatever was there */
             memset(buf + m * K, 0, sizeof(bf16) * (size_t)((FUSED_ROWS - m) * K));
-        for (i64 o0 = 0; o0 < Cout; o0 += 64) {
-            const i64 nb = Cout - o0 >= 64 ? 4 : (Cout - o0) / 16;
-            simd_gemm_rows(buf, K, wp + 2 * o0, Cout, bias ? bias + o0 : NULL,
-                           out + q * Cout + o0, m, nb);
+        simd_gemm(0, (const i32 *)buf, K / 2, 1, wp, 2 * Cout, K / 2, bias, out + q * Cout, Cout,
+                  m, Cout);
+    }
+}
+
+/* dst[(pp * ld + k) * 2 + e] = src[(2 pp + e) * ld + k] for rows 2 pp + e < n (rows past n:
+   0) and k in [k0, k1): pairs of rows interleaved, the layout of a reduction over rows
+   in pairs (SIMD_GEMM_BLOCK's A or W). */
+SIMD_TARGET static void simd_pair_rows(const bf16 *restrict src, i64 ld, i64 n, i64 k0, i64 k1,
+                                       bf16 *restrict dst) {
+    static const uint16_t lanes[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                       37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                       11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    const __m512i lo = _mm512_loadu_si512(lanes); /* row 0's element i, row 1's, i + 1 ... */
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    for (i64 pp = 0; 2 * pp < n; ++pp) {
+        const bf16 *r0 = src + 2 * pp * ld, *r1 = r0 + ld;
+        const int has1 = 2 * pp + 1 < n;
+        bf16 *d = dst + 2 * pp * ld;
+        for (i64 k = k0; k < k1; k += 32) {
+            const i64 left = k1 - k;
+            const __mmask32 m = left >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << left) - 1u);
+            const __m512i v0 = _mm512_maskz_loadu_epi16(m, r0 + k);
+            const __m512i v1 = has1 ? _mm512_maskz_loadu_epi16(m, r1 + k) : _mm512_setzero_si512();
+            const __mmask32 m0 = left >= 16 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << 2 * left) - 1u);
+            const __mmask32 m1 = left >= 32 ? (__mmask32)0xFFFFFFFFu
+                                 : left > 16 ? (__mmask32)((1u << 2 * (left - 16)) - 1u)
+                                             : 0;
+            _mm512_mask_storeu_epi16(d + 2 * k, m0, _mm512_permutex2var_epi16(v0, lo, v1));
+            _mm512_mask_storeu_epi16(d + 2 * k + 32, m1, _mm512_permutex2var_epi16(v0, hi, v1));
         }
     }
+}
+
+/* The fused backward's scratch for one tile (allocated once per part). */
+typedef struct {
+    bf16 *go;  /* GEMM_ROWS(TILE) x Cout: the tile's grad_out rows, then zeros */
+    bf16 *gc;  /* TILE x K: the tile's grad_col rows (bf16, as a bf16 GEMM gives them) */
+    bf16 *c;   /* TILE x K: its columns, sampled again */
+    bf16 *ci;  /* the columns, rows paired (simd_pair_rows), + GEMM_W_PAD */
+    bf16 *goi; /* grad_out rows paired, + GEMM_ROWS(Cout) pairs */
+} FusedBwd;
+
+/* grad_col rows [k0, k1) of a tile of n positions: its grad_out rows (Cout, bf16, at
+   go) @ W, W packed as (Cout / 2, K, 2) bf16 (wq, GEMM_W_PAD readable past its end). */
+SIMD_TARGET static void simd_tile_gcols(FusedBwd *f, const bf16 *restrict go, i64 n, i64 Cout,
+                                        const bf16 *restrict wq, i64 K, i64 k0, i64 k1) {
+    memcpy(f->go, go, sizeof(bf16) * (size_t)(n * Cout));
+    if (n < TILE) memset(f->go + n * Cout, 0, sizeof(bf16) * (size_t)((TILE - n) * Cout));
+    simd_gemm(0, (const i32 *)f->go, Cout / 2, 1, wq + 2 * k0, 2 * K, Cout / 2, NULL, f->gc + k0,
+              K, n, k1 - k0);
+}
+
+/* gw (float32 Cout x K) columns [k0, k1) += the tile's grad_out rows^T @ its columns
+   (f->c), the reduction over the n positions in pairs. */
+SIMD_TARGET static void simd_tile_gw(FusedBwd *f, i64 n, i64 Cout, i64 K, i64 k0, i64 k1,
+                                     float *restrict gw) {
+    const i64 npp = (n + 1) / 2;
+    simd_pair_rows(f->c, K, n, k0, k1, f->ci);
+    simd_pair_rows(f->go, Cout, n, 0, Cout, f->goi);
+    /* A: row o = output channel o, pair pp at goi[pp * Cout + o]; W: the paired columns */
+    simd_gemm(1, (const i32 *)f->goi, 1, Cout, f->ci + 2 * k0, 2 * K, npp, NULL, gw + k0, K,
+              Cout, k1 - k0);
 }
 
 /* gx row += a * g where the corner's weight is not 0. */
