@@ -161,6 +161,12 @@ SIMD_TARGET static inline __m512 simd_tail(const float *end, i64 len, i64 avail)
     return _mm512_maskz_permutexvar_ps(k, idx, _mm512_loadu_ps(end - 16));
 }
 
+/* The corners of 16 (group, kernel point) pairs of a position, as simd_pairs keeps them. */
+typedef struct {
+    i32 o[4][16];   /* element offsets of corners 00, 01, 10, 11 (the group's included) */
+    float w[4][16]; /* their bilinear weights x mask */
+} PairBlock;
+
 /* Positions whose corners simd_pairs computes before sampling their rows: far enough
    apart that the rows' scalar loads of the corners find their vector stores retired
    (store-to-load forwarding from a 64-byte store to a 4-byte load stalls). */
@@ -181,8 +187,12 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
                                    const int xbf, bf16 *restrict cols, i64 H, i64 W, i64 xsp,
                                    i64 xsg, i64 G, i64 kh, i64 kw, i64 pad, i64 Wo, i64 Cg) {
     const i64 KK = kh * kw, GKK = G * KK, K = GKK * Cg, NB = (GKK + 15) / 16 * 16;
-    float fi[NB], fj[NB], w[4][PAIR_BATCH * NB];
-    i32 go[NB], o[4][PAIR_BATCH * NB];
+    float fi[NB], fj[NB];
+    i32 go[NB];
+    /* the corners of 16 pairs: one pointer and constant displacements reach all eight of
+       a pair's (with eight arrays gcc ran out of registers and kept a pointer on the
+       stack, a store-to-load round trip every pair) */
+    PairBlock blk[PAIR_BATCH * NB / 16];
     for (i64 ch = 0; ch < NB; ++ch) { /* kernel point and group of pair ch */
         const i64 kp = ch % KK;
         fi[ch] = (float)(kp / kw);
@@ -223,9 +233,10 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
                                                 _mm512_permutex2var_ps(lo, odd, hi));
                 simd_corner_math(&r, y, xx, m, hm1, wm1, Wi, Ci);
                 const __m512i g = _mm512_loadu_si512(go + c0);
+                PairBlock *pb = blk + (q * NB + c0) / 16;
                 for (int c = 0; c < 4; ++c) {
-                    _mm512_storeu_si512(o[c] + q * NB + c0, _mm512_add_epi32(r.o[c], g));
-                    _mm512_storeu_ps(w[c] + q * NB + c0, r.w[c]);
+                    _mm512_storeu_si512(pb->o[c], _mm512_add_epi32(r.o[c], g));
+                    _mm512_storeu_ps(pb->w[c], r.w[c]);
                 }
             }
             if (++x == Wo) {
@@ -234,23 +245,22 @@ SIMD_TARGET static void simd_pairs(i64 p0, i64 n, const float *restrict ob, i64 
             }
         }
         for (i64 q = 0; q < nq; ++q, cols += K) { /* their rows, in order */
-            const i32 *o0 = o[0] + q * NB, *o1 = o[1] + q * NB;
-            const i32 *o2 = o[2] + q * NB, *o3 = o[3] + q * NB;
-            const float *w0 = w[0] + q * NB, *w1 = w[1] + q * NB;
-            const float *w2 = w[2] + q * NB, *w3 = w[3] + q * NB;
             bf16 *dst = cols;
-            if (xbf && Cg == 8) /* both presets: one register a row, no channel loop */
-                for (i64 j = 0; j < GKK; ++j, dst += 8)
-                    SIMD_ROW(simd_ld8, (const bf16 *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
-                             w1[j], w2[j], w3[j], dst, 8);
-            else if (xbf)
-                for (i64 j = 0; j < GKK; ++j, dst += Cg)
-                    SIMD_ROW(simd_ld8, (const bf16 *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
-                             w1[j], w2[j], w3[j], dst, Cg);
-            else
-                for (i64 j = 0; j < GKK; ++j, dst += Cg)
-                    SIMD_ROW(SIMD_LD_F32, (const float *)xb, o0[j], o1[j], o2[j], o3[j], w0[j],
-                             w1[j], w2[j], w3[j], dst, Cg);
+            for (i64 c0 = 0; c0 < GKK; c0 += 16) {
+                const PairBlock *pb = blk + (q * NB + c0) / 16;
+                const i64 nj = GKK - c0 < 16 ? GKK - c0 : 16;
+#define PAIR_ROW(LD, X, CG) \
+    SIMD_ROW(LD, X, pb->o[0][j], pb->o[1][j], pb->o[2][j], pb->o[3][j], pb->w[0][j], pb->w[1][j], \
+             pb->w[2][j], pb->w[3][j], dst, CG)
+                if (xbf && Cg == 8) /* both presets: one register a row, no channel loop */
+                    for (i64 j = 0; j < nj; ++j, dst += 8) PAIR_ROW(simd_ld8, (const bf16 *)xb, 8);
+                else if (xbf)
+                    for (i64 j = 0; j < nj; ++j, dst += Cg) PAIR_ROW(simd_ld8, (const bf16 *)xb, Cg);
+                else
+                    for (i64 j = 0; j < nj; ++j, dst += Cg)
+                        PAIR_ROW(SIMD_LD_F32, (const float *)xb, Cg);
+#undef PAIR_ROW
+            }
         }
     }
 }
