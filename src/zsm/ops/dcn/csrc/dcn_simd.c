@@ -459,6 +459,34 @@ SIMD_TARGET static void simd_backward_bf16(Tile *restrict t, i64 n, const bf16 *
                                            const bf16 *restrict gq, bf16 *restrict cq,
                                            float *restrict gxg, i64 K, i64 Cg, int need_s) {
     float sp[4 * TILE];
+    if (Cg == 8 && cq && gxg && need_s) { /* training, both presets: one register a row */
+        for (i64 p = 0; p < n; ++p, gq += K, cq += K) {
+            /* a position's corners at constant displacements from one pointer each */
+            const i32 *op = t->o[0] + p;
+            const float *wp = t->w[0] + p;
+            const i32 o0 = op[0], o1 = op[TILE], o2 = op[2 * TILE], o3 = op[3 * TILE];
+            const float w0 = wp[0], w1 = wp[TILE], w2 = wp[2 * TILE], w3 = wp[3 * TILE];
+            const __m256 a0 = _mm256_set1_ps(w0), a1 = _mm256_set1_ps(w1);
+            const __m256 a2 = _mm256_set1_ps(w2), a3 = _mm256_set1_ps(w3);
+            const __m256 x0 = simd_ld8(xg + o0), x1 = simd_ld8(xg + o1);
+            const __m256 x2 = simd_ld8(xg + o2), x3 = simd_ld8(xg + o3);
+            const __m256 g = simd_ld8(gq);
+            simd_st8(cq, simd_sample(a0, a1, a2, a3, x0, x1, x2, x3));
+            const __m256 zero = _mm256_setzero_ps();
+            const __m256 h = _mm256_hadd_ps(
+                _mm256_hadd_ps(_mm256_fmadd_ps(g, x0, zero), _mm256_fmadd_ps(g, x1, zero)),
+                _mm256_hadd_ps(_mm256_fmadd_ps(g, x2, zero), _mm256_fmadd_ps(g, x3, zero)));
+            _mm_storeu_ps(sp + 4 * p,
+                          _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+            SIMD_SCATTER(gxg + o0, a0, w0, g);
+            SIMD_SCATTER(gxg + o1, a1, w1, g);
+            SIMD_SCATTER(gxg + o2, a2, w2, g);
+            SIMD_SCATTER(gxg + o3, a3, w3, g);
+        }
+        for (i64 p = 0; p < n; ++p)
+            for (int k = 0; k < 4; ++k) t->s[k][p] = sp[4 * p + k];
+        return;
+    }
     for (i64 p = 0; p < n; ++p, gq += K) {
         const i32 o0 = t->o[0][p], o1 = t->o[1][p], o2 = t->o[2][p], o3 = t->o[3][p];
         const float w0 = t->w[0][p], w1 = t->w[1][p], w2 = t->w[2][p], w3 = t->w[3][p];
