@@ -29,9 +29,9 @@ Here the work is organised the way a dense conv's is:
    positions at a time are sampled into a buffer that stays in L1/L2 and
    multiplied at once by a hand-written ``vdpbf16ps`` kernel (24 float32
    accumulators in registers: 450 GFLOP/s on one core of the AMD EPYC VM with
-   its operands in cache, oneDNN's dense conv 420-460), so no column ever goes out to L3 or memory:
-   the forward 4.6x -> 3.7x the bf16 dense conv (compact), 3.3x -> 2.6x
-   (official), same columns, the sums in another order.
+   its operands in cache, oneDNN's dense conv 420-460), so no column goes out
+   to L3 or memory (figures: benchmarks/README.md, "bf16 on the CPU"); the
+   same columns, the sums in another order.
 
 The backward pass is hand-written: ``grad_W += grad_out^T @ columns`` (the
 columns are sampled again rather than kept, as torchvision does, so a DCN
@@ -51,8 +51,7 @@ and bf16 column gradients as they are (compact shape, 1 thread: 153 -> 62 ms;
 on AVX512-BF16 its two GEMMs are made by the kernel too, tile by tile, with the
 fused forward's ``vdpbf16ps`` blocks: ``grad_columns`` of a tile's 64
 positions just before they are scattered, ``grad_W`` summed in float32 from
-the columns just sampled, :data:`FUSED_BF16_BACKWARD_GEMMS`; official shape
-4.1x -> 3.6x the dense conv's backward);
+the columns just sampled, :data:`FUSED_BF16_BACKWARD_GEMMS`);
 elsewhere col2im reads float32.
 
 Semantics are torchvision's, exactly: positions are ``(base + offset)``
