@@ -4,7 +4,7 @@
     python benchmarks/precision.py train --steps 5     # one step of the shipped recipe
     python benchmarks/precision.py forward             # the compact network, 3 frames
     python benchmarks/precision.py train --old-dcn     # also the DCN kernel as before
-    python benchmarks/precision.py forward --unfused   # also bf16 without the fused DCN forward
+    python benchmarks/precision.py forward --unfused   # also bf16 without the fused DCN GEMMs
 
 Every mode runs float32 and bf16 with the offset/mask convs both ways
 (``bf16-off``: the float32 island; ``bf16-on``: in bf16, the default;
@@ -45,7 +45,8 @@ VARIANTS = {"fp32": (False, False), "bf16-off": (True, False), "bf16-on": (True,
 # and fused bf16 backward pass (the portable loops, the general backward), same process
 OLD_DCN = "bf16-old-dcn"
 # ``--unfused``: bf16-on with the deformable conv's forward as im2col chunks and a GEMM
-# (``function.FUSED_BF16_FORWARD`` off), not the fused kernel, same process
+# and its backward's GEMMs through torch.mm (``function.FUSED_BF16_FORWARD`` and
+# ``FUSED_BF16_BACKWARD_GEMMS`` off), not the fused kernels, same process
 UNFUSED = "bf16-unfused"
 
 
@@ -66,6 +67,7 @@ def _dcn(name: str) -> None:
         lib.set_simd(not old)
     function.FUSED_BF16_BACKWARD = not old
     function.FUSED_BF16_FORWARD = name not in (OLD_DCN, UNFUSED)
+    function.FUSED_BF16_BACKWARD_GEMMS = name not in (OLD_DCN, UNFUSED)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -222,7 +224,7 @@ def main() -> int:
         t.add_argument(
             "--unfused",
             action="store_true",
-            help=f"also {UNFUSED}: bf16 with the DCN forward as im2col chunks and a GEMM",
+            help=f"also {UNFUSED}: bf16 with the DCN's GEMMs outside the kernel (torch.mm)",
         )
         t.set_defaults(func=func)
     sub.choices["train"].add_argument(
