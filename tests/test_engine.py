@@ -74,6 +74,7 @@ def test_all_cpu_rewrites_equal_the_reference_and_leave_it_alone() -> None:
     assert set(net.rewrites) == {"fused-offset-conv", "inplace-lstm-gates", "channels-last"} | {
         "banded-hr-tail",
         "fused-conv-act",
+        "native-offsets",
     }
     torch.testing.assert_close(net(frames), want, rtol=1e-5, atol=1e-5)
     # The argument is untouched: its classes, hooks and parameters are the reference's.

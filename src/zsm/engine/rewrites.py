@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from zsm.engine.banded import BandedReconstructor
+from zsm.engine.deform import NativeOffsetsDeformConv2d
 from zsm.engine.fused import FUSED_CLASSES
 from zsm.engine.lstm import InplaceGatesConvLSTM
 from zsm.engine.offsets import FusedOffsetMaskConv2d
 from zsm.models.convlstm import DeformableConvLSTM
-from zsm.models.deform import OffsetMaskConv2d
+from zsm.models.deform import ModulatedDeformConv2d, OffsetMaskConv2d
 from zsm.models.reconstruct import Reconstructor
 from zsm.models.zsm import ZoomingSlowMo
 
@@ -91,6 +92,12 @@ REWRITES: tuple[Rewrite, ...] = (
     Rewrite("channels-last-weights", frozenset({"cuda"}), _channels_last_weights),
     Rewrite("banded-hr-tail", frozenset({"cpu"}), _swap(Reconstructor, BandedReconstructor)),
     Rewrite("fused-conv-act", frozenset({"cpu"}), _fused_conv_act),
+    # sigmoid and flow-guided tanh + flow of the offsets in one native pass (AVX-512)
+    Rewrite(
+        "native-offsets",
+        frozenset({"cpu"}),
+        _swap(ModulatedDeformConv2d, NativeOffsetsDeformConv2d),
+    ),
 )
 NAMES = tuple(r.name for r in REWRITES)
 

@@ -82,6 +82,7 @@ BF16_OUT_OR_NULL = CType(
     "uint16_t *", ctypes.c_void_p, pointer=True, nullable=True, dtype=torch.bfloat16
 )
 I64 = CType("int64_t", ctypes.c_int64)
+F32 = CType("float", ctypes.c_float)
 INT = CType("int", ctypes.c_int)
 VOID = CType("void", None)
 
@@ -171,6 +172,22 @@ SIGNATURES = (
             *_each(_DIMS + " Cout", I64),
             *_each("xsb xsp osb osc osp msb msc msp q0 q1", I64),
             *_each("part nparts nthreads", INT),
+        ),
+        INT,
+    ),
+    # The offsets (base + r tanh(o), or o where r is 0) and mask (sigmoid) of a deformable
+    # conv from its offset/mask conv's NHWC rows of C3 channels (P2 offsets first), bf16
+    # or float32 in, float32 out; rows [q0, q1) of B*HW. 1 if it ran, 0 if it cannot.
+    Signature(
+        "zsm_dcn_offsets_mask",
+        (
+            ("in_f32", F32_IN_OR_NULL),
+            ("in_bf16", BF16_IN_OR_NULL),
+            ("base", F32_IN_OR_NULL),
+            ("out", F32_OUT),
+            *_each("HW C3 P2 bsb bsc bsp q0 q1", I64),
+            ("r", F32),
+            ("nthreads", INT),
         ),
         INT,
     ),
@@ -306,6 +323,7 @@ class NativeLib:
     backward_bf16: Kernel
     simd: Kernel
     forward_bf16: Kernel
+    offsets_mask: Kernel
 
     def set_simd(self, on: bool | None = None, *, pairs: bool = True) -> int:
         """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use.
@@ -433,6 +451,7 @@ def load_native() -> NativeLib | None:
                 fns["zsm_dcn_backward_bf16"],
                 fns["zsm_dcn_simd"],
                 fns["zsm_dcn_forward_bf16"],
+                fns["zsm_dcn_offsets_mask"],
             )
             if not _simd_wanted():
                 _native_lib.set_simd(False)

@@ -756,3 +756,33 @@ int zsm_dcn_forward_bf16(ZSM_DCN_FORWARD_BF16_PARAMS) {
     return forward_part(x, offset, mask, wp, bias, out, H, W, C, G, kh, kw, pad, Ho, Wo, Cout,
                         xsb, xsp, osb, osc, osp, msb, msc, msp, q0, q1, part, nparts);
 }
+
+/* The offsets and mask of a deformable conv from its offset/mask conv's output (see
+   simd_offsets_mask), rows [q0, q1) of B * HW positions: in (bf16 or float32, one of
+   in_f32 / in_bf16 given) and out float32 rows of C3 channels, base (dx, dy) of position
+   q at base + (q / HW) * bsb + (q % HW) * bsp, dy bsc further (may be NULL).  1 if it
+   ran; 0 (nothing written) without AVX-512 here or with over 1024 channels. */
+int zsm_dcn_offsets_mask(ZSM_DCN_OFFSETS_MASK_PARAMS) {
+#if ZSM_SIMD
+    if (!simd_level() || C3 > 1024) return 0;
+    const void *in = in_bf16 ? (const void *)in_bf16 : (const void *)in_f32;
+    const int bf = in_bf16 != 0;
+    const i64 bfirst = q0 / HW, bend = (q1 - 1) / HW + 1;
+    (void)nthreads;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+    for (i64 b = bfirst; b < bend; ++b) {
+        const i64 pa = (b * HW > q0 ? b * HW : q0), pb = ((b + 1) * HW < q1 ? (b + 1) * HW : q1);
+        const float *bx = base ? base + b * bsb + (pa - b * HW) * bsp : 0;
+        const void *ib = bf ? (const void *)((const bf16 *)in + pa * C3)
+                            : (const void *)((const float *)in + pa * C3);
+        simd_offsets_mask(ib, bf, bx, bx ? bx + bsc : 0, bsp, out + pa * C3, pb - pa, C3, P2, r);
+    }
+    return 1;
+#else
+    (void)in_f32, (void)in_bf16, (void)base, (void)out, (void)HW, (void)C3, (void)P2;
+    (void)bsb, (void)bsc, (void)bsp, (void)q0, (void)q1, (void)r, (void)nthreads;
+    return 0;
+#endif
+}

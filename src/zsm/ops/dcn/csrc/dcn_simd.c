@@ -447,6 +447,81 @@ SIMD_TARGET static void simd_tile_gw(FusedBwd *f, i64 n, i64 Cout, i64 K, i64 k0
               Cout, k1 - k0);
 }
 
+/* exp(x), 16 lanes: Cephes' expf (a degree-6 polynomial on x - n ln 2, scaled by 2^n),
+   about 2 ulp; x clamped to [-88, 88]. */
+SIMD_TARGET static inline __m512 simd_exp(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+                                   _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* The offsets and mask of a deformable conv from its offset/mask conv's NHWC rows (C3 =
+   P2 offsets then P2 / 2 mask logits per position, bf16 or float32): out rows (float32,
+   C3 apart) = base + r tanh(offset) (or the offset as it is where r is 0) then
+   sigmoid(logit); base (dx, dy) per position (may be NULL: 0), added as (dy, dx) to
+   every pair.  tanh(v) = 2 sigmoid(2 v) - 1 and one sigmoid per 16 lanes, whichever
+   part they are in: lane constants k (2 or 1), a and b (2 r, -r or 1, 0). */
+SIMD_TARGET static void simd_offsets_mask(const void *restrict in, int in_bf16,
+                                          const float *restrict bx, const float *restrict by,
+                                          i64 bsp, float *restrict out, i64 n, i64 C3, i64 P2,
+                                          float r) {
+    enum { MAXV = 64 }; /* 1024 channels */
+    __m512 kv[MAXV], av[MAXV], bv[MAXV];
+    __mmask16 offm[MAXV], ldm[MAXV];
+    const i64 nv = (C3 + 15) / 16;
+    for (i64 v = 0; v < nv; ++v) {
+        float k[16], a[16], b[16];
+        __mmask16 om = 0, lm = 0;
+        for (int l = 0; l < 16; ++l) {
+            const i64 c = 16 * v + l;
+            const int off = c < P2, tanh_ = off && r != 0.0f;
+            k[l] = tanh_ ? 2.0f : 1.0f;
+            a[l] = tanh_ ? 2.0f * r : 1.0f;
+            b[l] = tanh_ ? -r : 0.0f;
+            om |= (__mmask16)((off && c < C3) << l);
+            lm |= (__mmask16)((c < C3) << l);
+        }
+        kv[v] = _mm512_loadu_ps(k), av[v] = _mm512_loadu_ps(a), bv[v] = _mm512_loadu_ps(b);
+        offm[v] = om, ldm[v] = lm;
+    }
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (i64 q = 0; q < n; ++q) {
+        /* (dy, dx) in every pair of lanes */
+        const float dy = by ? by[q * bsp] : 0.0f, dx = bx ? bx[q * bsp] : 0.0f;
+        const __m512 base =
+            _mm512_mask_blend_ps((__mmask16)0xAAAA, _mm512_set1_ps(dy), _mm512_set1_ps(dx));
+        float *o = out + q * C3;
+        for (i64 v = 0; v < nv; ++v) {
+            const i64 c = 16 * v;
+            __m512 x;
+            if (in_bf16) {
+                const __m256i h = _mm256_maskz_loadu_epi16(ldm[v], (const bf16 *)in + q * C3 + c);
+                x = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            } else {
+                x = _mm512_maskz_loadu_ps(ldm[v], (const float *)in + q * C3 + c);
+            }
+            /* s = sigmoid(k x); out = a s + b (+ the base on offset lanes) */
+            const __m512 e = simd_exp(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), kv[v]), x));
+            const __m512 sg = _mm512_div_ps(one, _mm512_add_ps(one, e));
+            __m512 y = _mm512_fmadd_ps(av[v], sg, bv[v]);
+            if (r == 0.0f) y = _mm512_mask_mov_ps(y, offm[v], x); /* the offsets as they are */
+            y = _mm512_mask_add_ps(y, offm[v], y, base);
+            _mm512_mask_storeu_ps(o + c, ldm[v], y);
+        }
+    }
+}
+
 /* gx row += a * g where the corner's weight is not 0. */
 #define SIMD_SCATTER(d, a, w, g) \
     do { \
