@@ -42,8 +42,8 @@ class NativeOffsetsDeformConv2d(ModulatedDeformConv2d):
         kind = feat.device.type
         if not torch.is_autocast_enabled(kind):
             return nn.Conv2d.forward(conv, feat)
-        if kind == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-            if bf16_offset_convs_enabled():
-                return nn.Conv2d.forward(conv, feat)
+        bf16 = kind == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if bf16 and bf16_offset_convs_enabled():
+            return nn.Conv2d.forward(conv, feat)
         with torch.autocast(kind, enabled=False):
             return nn.Conv2d.forward(conv, feat.float())
