@@ -133,25 +133,6 @@ def make_sampler(
     return PureSampler(x, offset, mask, geo)
 
 
-def _fused_forward(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    wcols: torch.Tensor,
-    bias: torch.Tensor | None,
-    geo: Geom,
-    rows: torch.Tensor,
-) -> bool:
-    """``rows`` (B*Ho*Wo, Cout) of bf16 NHWC ``x`` by the fused native forward, if it runs here."""
-    if not (FUSED_BF16_FORWARD and x.dtype == wcols.dtype == torch.bfloat16):
-        return False
-    lib = load_native()
-    if lib is None:
-        return False
-    off, msk = flat_positions(offset), flat_positions(mask)
-    return fused_forward_bf16(lib, x, off, msk, wcols, bias, geo, rows)
-
-
 def native_samples(x: torch.Tensor, cols_dtype: torch.dtype) -> bool:
     """Whether the native kernel can sample ``x`` as it is into ``cols_dtype`` columns."""
     lib = load_native() if x.device.type == "cpu" else None
@@ -242,7 +223,10 @@ class _ModulatedDeformConv(torch.autograd.Function):
                 memory_format=torch.channels_last,
             )
             rows = result.permute(0, 2, 3, 1).view(-1, cout)
-            if not _fused_forward(x_s, offset, mask, wcols, b, geo, rows):
+            fused = FUSED_BF16_FORWARD and x_s.dtype == wcols.dtype == torch.bfloat16
+            lib = load_native() if fused else None
+            off, msk = flat_positions(offset), flat_positions(mask)
+            if lib is None or not fused_forward_bf16(lib, x_s, off, msk, wcols, b, geo, rows):
                 sampler = make_sampler(x_s, offset, mask, geo, allow_native, gemm_dtype)
                 _gemm_nhwc(sampler, wcols, b, rows)
         else:
