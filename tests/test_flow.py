@@ -351,3 +351,20 @@ def test_training_flow_is_computed_on_whole_frames_then_cropped() -> None:
     again = pairs[(1, 7)]
     for a, b in zip(again, (lr, hr, flow), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_warp_under_bf16_autocast_keeps_a_float32_grid() -> None:
+    """A bf16 feature map warped under bf16 autocast (the network's feature warps on
+    a CPU): the sample positions are the float32 ones, not rounded to bf16 (which at 640
+    px across would be up to 0.6 px off), so only the image's own rounding remains."""
+    w = 640
+    ramp = torch.linspace(0, 1, w).view(1, 1, 1, w).expand(1, 2, 3, w)  # smooth in x
+    flow = torch.zeros(1, 2, 3, w)
+    flow[:, 0] = 0.3 + 0.01 * torch.arange(w, dtype=torch.float32) / w  # sub-pixel motion
+    image = ramp.bfloat16()
+    want = warp(image.float(), flow)  # the same bf16 values, float32 positions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = warp(image, flow)
+    assert got.dtype == torch.float32  # grid_sample runs in float32 under autocast
+    # a bf16 grid would be up to 0.6 px x 1/640 per px = 1e-3 off
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -23,7 +23,11 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     # grid_sample's align_corners=False coordinates: pixel i of W is at (2i + 1) / W - 1.
     gx = (2.0 * (xs + flow[:, 0]) + 1.0) / w - 1.0
     gy = (2.0 * (ys + flow[:, 1]) + 1.0) / h - 1.0
-    grid = torch.stack((gx, gy), dim=-1).to(image.dtype)  # (N, H, W, 2)
+    grid = torch.stack((gx, gy), dim=-1)  # (N, H, W, 2), float32
+    if not torch.is_autocast_enabled(image.device.type):
+        grid = grid.to(image.dtype)
+    # Under autocast grid_sample runs in float32 (CPU and CUDA): a grid rounded to bf16
+    # first would be 1/256 of the frame coarse, up to 0.6 px at 640 px across.
     out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if image.dim() == 4 and image.shape[1] > 1 and image.stride(1) == 1:
         # Channels-last in, channels-last out (grid_sample's is NCHW): the convs that
