@@ -368,3 +368,56 @@ def test_warp_under_bf16_autocast_keeps_a_float32_grid() -> None:
     assert got.dtype == torch.float32  # grid_sample runs in float32 under autocast
     # a bf16 grid would be up to 0.6 px x 1/640 per px = 1e-3 off
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("channels", [8, 32, 40])
+def test_native_feature_warp_matches_grid_sample(
+    dtype: torch.dtype, channels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channels-last feature maps, no gradient: the native warp samples where grid_sample
+    does (border padding, motions far out of the frame included), in the map's dtype."""
+    import zsm.ops.warp as warp_module
+    from zsm.ops.dcn.native import load_native
+
+    lib = load_native()
+    if lib is None or lib.set_simd() == 0:
+        pytest.skip("no native kernel with AVX-512 here")
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(2, channels, 7, 11, generator=g)
+    image = image.contiguous(memory_format=torch.channels_last).to(dtype)
+    flow = 5.0 * torch.randn(2, 2, 7, 11, generator=g)
+    flow[0, 0, 0, :4] = torch.tensor([-40.0, 40.0, 10.5, -10.5])  # out of the frame
+    calls: list[torch.Tensor | None] = []
+    native = warp_module._native_warp
+
+    def recorded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+        calls.append(native(a, b))
+        return calls[-1]
+
+    monkeypatch.setattr(warp_module, "_native_warp", recorded)
+    with torch.no_grad():
+        got = warp(image, flow)
+    assert calls and calls[0] is not None
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(warp_module, "NATIVE_WARP_MIN_CHANNELS", 10**9)
+    want = warp(image.float(), flow)  # grid_sample, float32
+    tol = 2**-8 if dtype == torch.bfloat16 else 1e-5  # the output's own rounding
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=1e-5)
+
+
+def test_native_feature_warp_leaves_gradients_frames_and_nchw_to_grid_sample() -> None:
+    """A map that wants a gradient (training), an RGB frame, or an NCHW map: grid_sample."""
+    import zsm.ops.warp as warp_module
+
+    flow = torch.randn(1, 2, 5, 6)
+    feat = torch.randn(1, 16, 5, 6).contiguous(memory_format=torch.channels_last)
+    assert warp_module._native_warp(feat.clone().requires_grad_(True), flow) is None
+    assert (
+        warp_module._native_warp(feat[:, :3].contiguous(memory_format=torch.channels_last), flow)
+        is None
+    )
+    assert warp_module._native_warp(feat.contiguous(), flow) is None
+    leaf = feat.clone().requires_grad_(True)
+    warp(leaf, flow).sum().backward()  # the gradient still flows
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()

@@ -13,9 +13,23 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+# Channels of a channels-last image from which the native warp takes it (the network's
+# feature maps; frames and flows go through grid_sample).
+NATIVE_WARP_MIN_CHANNELS = 8
+
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """``image`` (N, C, H, W) sampled at ``x + flow(x)``: bilinear, edges replicated."""
+    """``image`` (N, C, H, W) sampled at ``x + flow(x)``: bilinear, edges replicated.
+
+    A channels-last feature map on a CPU with AVX-512, with no gradient wanted (the
+    inference engine's feature warps of the flow-guided alignment), is warped by the
+    native kernel (``zsm_warp_nhwc``), in its own dtype: no float32 copy of it, no
+    grid, and the result as the conv after it would round it (torch's under autocast
+    is float32, cast to bf16 by that conv); else by ``grid_sample``.
+    """
+    fast = _native_warp(image, flow)
+    if fast is not None:
+        return fast
     _n, _, h, w = image.shape
     flow = flow.to(torch.float32)
     ys = torch.arange(h, device=flow.device, dtype=torch.float32).view(1, h, 1)
@@ -34,6 +48,40 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         # read it run 2x faster so on the CPU (see zsm.engine.rewrites).
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def _native_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor | None:
+    """:func:`warp` by the native kernel, or None where it does not take the call."""
+    if image.device.type != "cpu" or image.dim() != 4 or image.shape[1] < NATIVE_WARP_MIN_CHANNELS:
+        return None
+    if image.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if torch.is_grad_enabled() and (image.requires_grad or flow.requires_grad):
+        return None
+    if not image.permute(0, 2, 3, 1).is_contiguous():
+        return None
+    from zsm.ops.dcn.geometry import position_strides
+    from zsm.ops.dcn.native import load_native
+
+    lib = load_native()
+    if lib is None or not lib.set_simd():
+        return None
+    flow = flow.detach().float()
+    strides = position_strides(flow)
+    if strides is None:
+        flow = flow.contiguous()
+        strides = position_strides(flow)
+    assert strides is not None
+    n, c, h, w = image.shape
+    out = torch.empty_like(image, memory_format=torch.channels_last)
+    bf16 = image.dtype == torch.bfloat16
+    ok = lib.warp_nhwc(
+        in_f32=None if bf16 else image, in_bf16=image if bf16 else None, flow=flow,
+        fsb=strides[0], fsc=strides[1], fsp=strides[2],
+        out_f32=None if bf16 else out, out_bf16=out if bf16 else None,
+        B=n, H=h, W=w, C=c, nthreads=torch.get_num_threads(),
+    )  # fmt: skip
+    return out if ok == 1 else None
 
 
 def occlusion(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:

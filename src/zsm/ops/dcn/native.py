@@ -191,6 +191,22 @@ SIGNATURES = (
         ),
         INT,
     ),
+    # An NHWC image batch (bf16 or float32) warped along a flow (N, 2, H, W) in pixels:
+    # bilinear, border padding, as zsm.ops.warp.warp. 1 if it ran, 0 if it cannot.
+    Signature(
+        "zsm_warp_nhwc",
+        (
+            ("in_f32", F32_IN_OR_NULL),
+            ("in_bf16", BF16_IN_OR_NULL),
+            ("flow", F32_IN),
+            *_each("fsb fsc fsp", I64),
+            ("out_f32", F32_OUT_OR_NULL),
+            ("out_bf16", BF16_OUT_OR_NULL),
+            *_each("B H W C", I64),
+            ("nthreads", INT),
+        ),
+        INT,
+    ),
     # Fused (gout given): grad_col = gout @ W (wq: packed (Cout/2, K, 2)) and gw (float32
     # (Cout, K)) += gout^T @ columns, tile by tile, instead of gcols and cols. 1 if it
     # ran, 0 where the fused form cannot (see the C file).
@@ -324,6 +340,7 @@ class NativeLib:
     simd: Kernel
     forward_bf16: Kernel
     offsets_mask: Kernel
+    warp_nhwc: Kernel
 
     def set_simd(self, on: bool | None = None, *, pairs: bool = True) -> int:
         """Switch the AVX-512 loops on (where the CPU has them) or off; the level in use.
@@ -452,6 +469,7 @@ def load_native() -> NativeLib | None:
                 fns["zsm_dcn_simd"],
                 fns["zsm_dcn_forward_bf16"],
                 fns["zsm_dcn_offsets_mask"],
+                fns["zsm_warp_nhwc"],
             )
             if not _simd_wanted():
                 _native_lib.set_simd(False)

@@ -786,3 +786,36 @@ int zsm_dcn_offsets_mask(ZSM_DCN_OFFSETS_MASK_PARAMS) {
     return 0;
 #endif
 }
+
+/* An NHWC image batch (B x H x W pixels of C channels; bf16 or float32, one of in_f32 /
+   in_bf16, out the same dtype) warped along a flow (dx, dy) in pixels, element (b, ch, p)
+   at flow + b * fsb + ch * fsc + p * fsp (see simd_warp_rows).  1 if it ran; 0 (nothing
+   written) without AVX-512 here. */
+int zsm_warp_nhwc(ZSM_WARP_NHWC_PARAMS) {
+#if ZSM_SIMD
+    if (!simd_level()) return 0;
+    const int bf = in_bf16 != 0;
+    const void *in = bf ? (const void *)in_bf16 : (const void *)in_f32;
+    void *out = bf ? (void *)out_bf16 : (void *)out_f32;
+    const i64 HW = H * W, rows = 64;
+    const i64 nblk = (HW + rows - 1) / rows;
+    (void)nthreads;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+    for (i64 t = 0; t < B * nblk; ++t) {
+        const i64 b = t / nblk, p0 = (t - b * nblk) * rows;
+        const i64 n = p0 + rows < HW ? rows : HW - p0;
+        const i64 ioff = b * HW * C;
+        const void *ib = bf ? (const void *)((const bf16 *)in + ioff)
+                            : (const void *)((const float *)in + ioff);
+        void *ob = bf ? (void *)((bf16 *)out + ioff) : (void *)((float *)out + ioff);
+        simd_warp_rows(ib, bf, flow + b * fsb, flow + b * fsb + fsc, fsp, ob, p0, n, H, W, C);
+    }
+    return 1;
+#else
+    (void)in_f32, (void)in_bf16, (void)flow, (void)fsb, (void)fsc, (void)fsp, (void)out_f32;
+    (void)out_bf16, (void)B, (void)H, (void)W, (void)C, (void)nthreads;
+    return 0;
+#endif
+}

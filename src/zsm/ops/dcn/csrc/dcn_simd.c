@@ -522,6 +522,48 @@ SIMD_TARGET static void simd_offsets_mask(const void *restrict in, int in_bf16,
     }
 }
 
+/* Rows [p0, p0 + n) of one NHWC image (H x W pixels of C channels, bf16 or float32 in
+   and out) sampled at (x + fx, y + fy): bilinear, the position clamped into the image
+   (grid_sample's border padding, align_corners=False), in float32; flow (dx, dy) of
+   pixel p at fx[p * fsp], fy[p * fsp]. */
+SIMD_TARGET static void simd_warp_rows(const void *restrict in, int in_bf16, const float *fx,
+                                       const float *fy, i64 fsp, void *restrict out, i64 p0,
+                                       i64 n, i64 H, i64 W, i64 C) {
+    const float wm1 = (float)(W - 1), hm1 = (float)(H - 1);
+    for (i64 p = p0; p < p0 + n; ++p) {
+        const i64 y = p / W, x = p - y * W;
+        float px = (float)x + fx[p * fsp], py = (float)y + fy[p * fsp];
+        px = px > 0.0f ? (px < wm1 ? px : wm1) : 0.0f; /* NaN -> 0 */
+        py = py > 0.0f ? (py < hm1 ? py : hm1) : 0.0f;
+        const i64 x0 = (i64)px, y0 = (i64)py;
+        const i64 x1 = x0 + 1 < W ? x0 + 1 : x0, y1 = y0 + 1 < H ? y0 + 1 : y0;
+        const float lx = px - (float)x0, ly = py - (float)y0;
+        const __m512 w00 = _mm512_set1_ps((1.0f - ly) * (1.0f - lx));
+        const __m512 w01 = _mm512_set1_ps((1.0f - ly) * lx);
+        const __m512 w10 = _mm512_set1_ps(ly * (1.0f - lx));
+        const __m512 w11 = _mm512_set1_ps(ly * lx);
+        const i64 r00 = (y0 * W + x0) * C, r01 = (y0 * W + x1) * C;
+        const i64 r10 = (y1 * W + x0) * C, r11 = (y1 * W + x1) * C;
+        for (i64 c = 0; c < C; c += 16) {
+            const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1u);
+#define WARP_LD(r) \
+    (in_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32( \
+                   _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const bf16 *)in + (r) + c)), \
+                   16)) \
+             : _mm512_maskz_loadu_ps(m, (const float *)in + (r) + c))
+            __m512 v = _mm512_mul_ps(w00, WARP_LD(r00));
+            v = _mm512_fmadd_ps(w01, WARP_LD(r01), v);
+            v = _mm512_fmadd_ps(w10, WARP_LD(r10), v);
+            v = _mm512_fmadd_ps(w11, WARP_LD(r11), v);
+#undef WARP_LD
+            if (in_bf16)
+                _mm256_mask_storeu_epi16((bf16 *)out + p * C + c, m, (__m256i)_mm512_cvtneps_pbh(v));
+            else
+                _mm512_mask_storeu_ps((float *)out + p * C + c, m, v);
+        }
+    }
+}
+
 /* gx row += a * g where the corner's weight is not 0. */
 #define SIMD_SCATTER(d, a, w, g) \
     do { \
